@@ -1,0 +1,16 @@
+//! fleetmesh-model: the document schema, typed facts and signed changes of fleetmesh.
+//!
+//! This crate is pure: no I/O, no async, no clock. Callers pass times in, and bytes come and go
+//! as values. The node crate stores, syncs and queries what this crate defines.
+
+pub mod document;
+pub mod facts;
+pub mod ids;
+pub mod signed;
+mod tree;
+
+pub use automerge::{Change, ChangeHash};
+pub use document::{DocumentError, Identity, NodeDocument};
+pub use facts::Facts;
+pub use ids::{DocId, DocKind, IdError, NodeId, TenantId};
+pub use signed::{ChangeHeader, SignedChange, VerifyError, WireChange};

@@ -1,0 +1,9 @@
+//! fleetmesh-node: everything a fleetmesh node runs.
+//!
+//! - [`sync`]: the sans-IO sync engine that replicates signed changes;
+//! - [`store`]: the SQLite store of changes, documents and materialized fact tables;
+//! - [`collect`]: collectors that read a machine's configuration under a root directory;
+//! - [`net`]: the libp2p transport and the tokio task that drives the engine;
+//! - [`daemon`]: the running node (`fleetmesh up`).
+
+pub mod sync;
