@@ -231,6 +231,12 @@ impl NodeDocument {
         Ok(Json::Object(map))
     }
 
+    /// Returns the patches that turn the document at `before` into the document at `after`.
+    /// Each patch carries the path from the root, so callers can see which facts changed.
+    pub fn diff(&mut self, before: &[ChangeHash], after: &[ChangeHash]) -> Vec<automerge::Patch> {
+        self.doc.diff(before, after)
+    }
+
     /// Returns every change in the document, oldest first in causal order.
     pub fn changes(&mut self) -> Vec<Change> {
         self.doc.get_changes(&[])

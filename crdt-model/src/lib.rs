@@ -9,7 +9,7 @@ pub mod ids;
 pub mod signed;
 mod tree;
 
-pub use automerge::{Change, ChangeHash};
+pub use automerge::{Change, ChangeHash, Patch, PatchAction, Prop};
 pub use document::{DocumentError, Identity, NodeDocument};
 pub use facts::Facts;
 pub use ids::{DocId, DocKind, IdError, NodeId, TenantId};
