@@ -151,6 +151,13 @@ impl TenantId {
     }
 }
 
+impl Default for TenantId {
+    /// Returns the tenant `default`, used until membership assigns one.
+    fn default() -> Self {
+        TenantId("default".to_string())
+    }
+}
+
 impl TryFrom<String> for TenantId {
     type Error = IdError;
 

@@ -1,0 +1,655 @@
+//! The node's SQLite store: signed changes, document snapshots, and materialized fact tables.
+//!
+//! Signed changes are the source of truth: the `signed_changes` table is append-only and every
+//! document can be rebuilt from it. Each accepted change is written in one transaction together
+//! with the fact-table rows it changes, so a change is either acknowledged and durable or not
+//! there at all, even after `kill -9` (SQLite in WAL mode with `synchronous = FULL`).
+//!
+//! Documents are held in a bounded cache and rebuilt on a miss from the last snapshot plus the
+//! changes stored after it. Queries never touch documents: they read the fact tables.
+
+pub mod materialize;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+
+use fleetmesh_model::{
+    ChangeHash, DocId, DocKind, DocumentError, Facts, Identity, NodeDocument, NodeId, SignedChange,
+    VerifyError, WireChange,
+};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use crate::sync::{ChainHead, ChainIndex, ChangeStore, Fingerprint, Prefix, ReconIndex};
+
+/// SQLite `application_id` of a fleetmesh store ("FLMS"), so a foreign database is recognised.
+pub const APPLICATION_ID: i32 = 0x464c_4d53;
+
+/// Version of the store's own tables; bumped when their layout changes.
+pub const STORE_FORMAT: i64 = 1;
+
+/// File name of the database inside the data directory.
+pub const DB_FILE: &str = "fleetmesh.db";
+
+/// Documents kept in memory at most; others are rebuilt from disk on demand.
+pub const DOC_CACHE_MAX: usize = 128;
+
+/// A document gets a fresh snapshot after this many changes since the last one.
+const SNAPSHOT_EVERY: i64 = 64;
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database file is not a SQLite database or is damaged.
+    #[error(
+        "store {path} is corrupt ({reason}); move the data directory aside and start again to \
+         resync from peers"
+    )]
+    Corrupt {
+        /// Path of the database file.
+        path: PathBuf,
+        /// What SQLite reported.
+        reason: String,
+    },
+    /// The database belongs to another program.
+    #[error(
+        "{path} is not a fleetmesh store (application id {found:#x}); choose another --data-dir"
+    )]
+    Foreign {
+        /// Path of the database file.
+        path: PathBuf,
+        /// The application id found.
+        found: i32,
+    },
+    /// The store was written by a newer fleetmesh.
+    #[error("store {path} has format {found}, newer than this fleetmesh supports ({STORE_FORMAT}); upgrade fleetmesh")]
+    TooNew {
+        /// Path of the database file.
+        path: PathBuf,
+        /// The format found.
+        found: i64,
+    },
+    /// The database has no store yet (read-only open of an empty data directory).
+    #[error("no fleetmesh store at {path}; run `fleetmesh up` first or pass the right --data-dir")]
+    Missing {
+        /// Path of the database file.
+        path: PathBuf,
+    },
+    /// SQLite failed.
+    #[error("database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+    /// Updating the fact tables failed.
+    #[error("updating fact tables failed: {0}")]
+    Materialize(#[from] materialize::MaterializeError),
+    /// A stored or received change failed to decode or apply.
+    #[error(transparent)]
+    Document(#[from] DocumentError),
+    /// A stored change failed to decode.
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    /// The change is not the next one of its chain.
+    #[error("change {seq} of {doc} by {author} is out of order: the store holds up to {held}")]
+    OutOfOrder {
+        /// The document id.
+        doc: String,
+        /// The author.
+        author: String,
+        /// The change's sequence number.
+        seq: u64,
+        /// The last sequence number stored.
+        held: u64,
+    },
+    /// Only node documents can be stored until tenant documents exist.
+    #[error("documents of kind {0} are not supported by this store yet")]
+    UnsupportedKind(&'static str),
+}
+
+/// The SQLite store of one node.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    index: ReconIndex,
+    docs: DocCache,
+}
+
+impl Store {
+    /// Opens or creates the store in `data_dir`, checking that it is a fleetmesh store.
+    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        let path = data_dir.join(DB_FILE);
+        let conn = Connection::open(&path).map_err(|err| corrupt(&path, err))?;
+        check_header(&conn, &path, true)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|err| corrupt(&path, err))?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        create_store_tables(&conn)?;
+        materialize::create_tables(&conn)?;
+
+        let mut store = Store {
+            conn,
+            path,
+            index: ReconIndex::new(),
+            docs: DocCache::new(DOC_CACHE_MAX),
+        };
+        store.load_index()?;
+        Ok(store)
+    }
+
+    /// Opens an existing store for reading only, as the read commands do.
+    pub fn open_read_only(data_dir: &Path) -> Result<Connection, StoreError> {
+        let path = data_dir.join(DB_FILE);
+        if !path.exists() {
+            return Err(StoreError::Missing { path });
+        }
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|err| corrupt(&path, err))?;
+        check_header(&conn, &path, false)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(conn)
+    }
+
+    /// Returns the database path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Returns the connection, for fact-table updates and status writes.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Reads a value from the store's `meta` table.
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+                row.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Writes a value to the store's `meta` table.
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    fn load_index(&mut self) -> Result<(), StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT doc, author, MAX(seq) FROM signed_changes GROUP BY doc, author")?;
+        let rows = stmt.query_map([], |row| {
+            Ok((
+                row.get::<_, Vec<u8>>(0)?,
+                row.get::<_, Vec<u8>>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (doc, author, seq) = row?;
+            let doc = DocId::from_bytes(&doc).map_err(|err| corrupt_text(&self.path, err))?;
+            let author = node_from_blob(&author)
+                .ok_or_else(|| corrupt_text(&self.path, "an author column is not a 32-byte key"))?;
+            self.index.set(ChainHead {
+                doc,
+                author,
+                seq: u64::try_from(seq).unwrap_or(0),
+            });
+        }
+        Ok(())
+    }
+
+    /// Records a new collection in this node's own document, signs the change and stores it.
+    /// Returns the stored change, or `None` when nothing differs from the last collection.
+    pub fn record_local(
+        &mut self,
+        doc_id: &DocId,
+        identity: &Identity,
+        facts: &Facts,
+        time: i64,
+        key: &ed25519_dalek::SigningKey,
+    ) -> Result<Option<SignedChange>, StoreError> {
+        let loaded = self.load_doc(doc_id)?;
+        let mut doc = loaded;
+        let before = doc.heads();
+        let change = match doc.record_signed(identity, facts, time, key) {
+            Ok(Some(change)) => change,
+            Ok(None) => {
+                self.docs.put(doc_id.clone(), doc);
+                return Ok(None);
+            }
+            // The cached copy may hold a half-written transaction: drop it and rebuild later.
+            Err(err) => return Err(err.into()),
+        };
+        match self.commit_change(&mut doc, &change, &before) {
+            Ok(()) => {
+                self.docs.put(doc_id.clone(), doc);
+                Ok(Some(change))
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Returns a document, from the cache or rebuilt from disk. The caller puts it back with
+    /// [`Store::return_doc`] or lets it drop to discard changes that were not stored.
+    fn load_doc(&mut self, id: &DocId) -> Result<NodeDocument, StoreError> {
+        if let Some(doc) = self.docs.take(id) {
+            return Ok(doc);
+        }
+        read_document(&self.conn, id)
+    }
+
+    /// Returns a document to the cache after use.
+    fn return_doc(&mut self, id: DocId, doc: NodeDocument) {
+        self.docs.put(id, doc);
+    }
+
+    /// Reads one node's current identity and facts from its document.
+    pub fn node_facts(&mut self, id: &DocId) -> Result<(Identity, Facts), StoreError> {
+        let doc = self.load_doc(id)?;
+        let result = doc
+            .identity(None)
+            .and_then(|identity| Ok((identity, doc.facts(None)?)));
+        self.return_doc(id.clone(), doc);
+        Ok(result?)
+    }
+
+    /// Writes the change row, snapshot if due, and fact-table rows in one transaction.
+    fn commit_change(
+        &mut self,
+        doc: &mut NodeDocument,
+        change: &SignedChange,
+        before: &[ChangeHash],
+    ) -> Result<(), StoreError> {
+        let doc_bytes = change.doc().to_bytes();
+        let seq = i64::try_from(change.seq()).unwrap_or(i64::MAX);
+        let signature = change.signature().map(|s| s.to_vec());
+
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO signed_changes (doc, author, seq, hash, bytes, signature, time)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                doc_bytes,
+                change.author().0.to_vec(),
+                seq,
+                change.hash().0.to_vec(),
+                change.bytes(),
+                signature,
+                change.header().time,
+            ],
+        )?;
+        let rowid = tx.last_insert_rowid();
+        tx.execute(
+            "INSERT INTO documents (doc, kind, tenant, changes_since_snapshot)
+             VALUES (?1, ?2, ?3, 1)
+             ON CONFLICT (doc) DO UPDATE SET changes_since_snapshot = changes_since_snapshot + 1",
+            params![
+                doc_bytes,
+                change.doc().kind.as_str(),
+                change.doc().tenant.as_str()
+            ],
+        )?;
+        let due: i64 = tx.query_row(
+            "SELECT changes_since_snapshot FROM documents WHERE doc = ?1",
+            [&doc_bytes],
+            |row| row.get(0),
+        )?;
+        if due >= SNAPSHOT_EVERY {
+            tx.execute(
+                "UPDATE documents SET snapshot = ?2, snapshot_rowid = ?3, changes_since_snapshot = 0
+                 WHERE doc = ?1",
+                params![doc_bytes, doc.save(), rowid],
+            )?;
+        }
+        materialize::apply_node_change(&tx, doc, before, change.header().time)?;
+        tx.commit()?;
+
+        self.index.set(ChainHead {
+            doc: change.doc().clone(),
+            author: change.author(),
+            seq: change.seq(),
+        });
+        Ok(())
+    }
+
+    /// Returns the number of stored changes.
+    pub fn change_count(&self) -> Result<u64, StoreError> {
+        let count: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM signed_changes", [], |row| row.get(0))?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    /// Lists the ids of all stored documents.
+    pub fn documents(&self) -> Result<Vec<DocId>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT doc FROM documents ORDER BY doc")?;
+        let rows = stmt.query_map([], |row| row.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(DocId::from_bytes(&row?).map_err(|err| corrupt_text(&self.path, err))?);
+        }
+        Ok(out)
+    }
+
+    /// Records that `node` was heard from now, and whether it is connected.
+    pub fn set_peer_status(
+        &self,
+        node: &NodeId,
+        now: i64,
+        connected: bool,
+    ) -> Result<(), StoreError> {
+        materialize::set_peer_status(&self.conn, node, now, connected)?;
+        Ok(())
+    }
+
+    /// Marks every node as disconnected; called when the daemon starts.
+    pub fn clear_connected(&self) -> Result<(), StoreError> {
+        materialize::clear_connected(&self.conn)?;
+        Ok(())
+    }
+
+    /// Saves snapshots of cached documents with unsnapshotted changes; called on shutdown.
+    pub fn flush_snapshots(&mut self) -> Result<(), StoreError> {
+        let ids: Vec<DocId> = self.docs.ids();
+        for id in ids {
+            if let Some(mut doc) = self.docs.take(&id) {
+                let doc_bytes = id.to_bytes();
+                let rowid: Option<i64> = self.conn.query_row(
+                    "SELECT MAX(rowid) FROM signed_changes WHERE doc = ?1",
+                    [&doc_bytes],
+                    |row| row.get(0),
+                )?;
+                if let Some(rowid) = rowid {
+                    self.conn.execute(
+                        "UPDATE documents SET snapshot = ?2, snapshot_rowid = ?3,
+                         changes_since_snapshot = 0 WHERE doc = ?1 AND changes_since_snapshot > 0",
+                        params![doc_bytes, doc.save(), rowid],
+                    )?;
+                }
+                self.docs.put(id, doc);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ChainIndex for Store {
+    fn seq(&self, doc: &DocId, author: &NodeId) -> u64 {
+        self.index.seq(doc, author)
+    }
+
+    fn summary(&self, tenant: &fleetmesh_model::TenantId, prefix: Prefix) -> (Fingerprint, u64) {
+        self.index.summary(tenant, prefix)
+    }
+
+    fn heads_in(&self, tenant: &fleetmesh_model::TenantId, prefix: Prefix) -> Vec<ChainHead> {
+        self.index.heads_in(tenant, prefix)
+    }
+
+    fn tenants(&self) -> Vec<fleetmesh_model::TenantId> {
+        self.index.tenants()
+    }
+}
+
+impl ChangeStore for Store {
+    type Error = StoreError;
+
+    fn changes(
+        &self,
+        doc: &DocId,
+        author: &NodeId,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<SignedChange>, StoreError> {
+        let doc_bytes = doc.to_bytes();
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT bytes, signature FROM signed_changes
+             WHERE doc = ?1 AND author = ?2 AND seq BETWEEN ?3 AND ?4 ORDER BY seq",
+        )?;
+        let from = i64::try_from(from).unwrap_or(i64::MAX);
+        let to = i64::try_from(to).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![doc_bytes, author.0.to_vec(), from, to], |row| {
+            Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, Option<Vec<u8>>>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (bytes, signature) = row?;
+            let change = WireChange {
+                doc: doc_bytes.clone(),
+                bytes,
+                signature,
+            }
+            .into_signed()?;
+            out.push(change);
+        }
+        Ok(out)
+    }
+
+    fn contains(&self, hash: &ChangeHash) -> bool {
+        let found = self
+            .conn
+            .prepare_cached("SELECT 1 FROM signed_changes WHERE hash = ?1")
+            .and_then(|mut stmt| stmt.exists([hash.0.to_vec()]));
+        match found {
+            Ok(found) => found,
+            Err(err) => {
+                tracing::error!(error = %err, "store lookup of a change hash failed");
+                false
+            }
+        }
+    }
+
+    fn insert(&mut self, change: &SignedChange) -> Result<(), StoreError> {
+        let held = self.index.seq(change.doc(), &change.author());
+        if change.seq() != held + 1 {
+            return Err(StoreError::OutOfOrder {
+                doc: change.doc().to_string(),
+                author: change.author().to_string(),
+                seq: change.seq(),
+                held,
+            });
+        }
+        let id = change.doc().clone();
+        let mut doc = self.load_doc(&id)?;
+        let before = doc.heads();
+        doc.apply(change)?;
+        // On failure the document copy with the unstored change is dropped, not cached.
+        self.commit_change(&mut doc, change, &before)?;
+        self.return_doc(id, doc);
+        Ok(())
+    }
+}
+
+/// Rebuilds a document from its last snapshot and the changes stored after it. Read commands
+/// call this on a read-only connection.
+pub fn read_document(conn: &Connection, id: &DocId) -> Result<NodeDocument, StoreError> {
+    if id.kind != DocKind::Node {
+        return Err(StoreError::UnsupportedKind(id.kind.as_str()));
+    }
+    let doc_bytes = id.to_bytes();
+    let snapshot: Option<(Vec<u8>, i64)> = conn
+        .query_row(
+            "SELECT snapshot, snapshot_rowid FROM documents WHERE doc = ?1",
+            [&doc_bytes],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    let (mut doc, after_rowid) = match snapshot {
+        Some((bytes, rowid)) if !bytes.is_empty() => {
+            (NodeDocument::load(id.clone(), &bytes)?, rowid)
+        }
+        _ => (NodeDocument::new(id.tenant.clone(), NodeId(id.key)), 0),
+    };
+
+    let mut stmt = conn.prepare_cached(
+        "SELECT bytes, signature FROM signed_changes WHERE doc = ?1 AND rowid > ?2
+         ORDER BY rowid",
+    )?;
+    let rows = stmt.query_map(params![doc_bytes, after_rowid], |row| {
+        Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, Option<Vec<u8>>>(1)?))
+    })?;
+    for row in rows {
+        let (bytes, signature) = row?;
+        let change = WireChange {
+            doc: doc_bytes.clone(),
+            bytes,
+            signature,
+        }
+        .into_signed()?;
+        doc.apply(&change)?;
+    }
+    Ok(doc)
+}
+
+fn create_store_tables(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS meta (
+             key TEXT PRIMARY KEY,
+             value TEXT NOT NULL
+         );
+         CREATE TABLE IF NOT EXISTS signed_changes (
+             doc BLOB NOT NULL,
+             author BLOB NOT NULL,
+             seq INTEGER NOT NULL,
+             hash BLOB NOT NULL UNIQUE,
+             bytes BLOB NOT NULL,
+             signature BLOB,
+             time INTEGER NOT NULL,
+             PRIMARY KEY (doc, author, seq)
+         );
+         CREATE TABLE IF NOT EXISTS documents (
+             doc BLOB PRIMARY KEY,
+             kind TEXT NOT NULL,
+             tenant TEXT NOT NULL,
+             snapshot BLOB,
+             snapshot_rowid INTEGER NOT NULL DEFAULT 0,
+             changes_since_snapshot INTEGER NOT NULL DEFAULT 0
+         );
+         CREATE TABLE IF NOT EXISTS peers (
+             node_id TEXT PRIMARY KEY,
+             addresses TEXT NOT NULL,
+             last_seen INTEGER NOT NULL
+         );",
+    )?;
+    conn.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('store_format', ?1)",
+        [STORE_FORMAT.to_string()],
+    )?;
+    Ok(())
+}
+
+/// Checks `application_id` and format. A new, empty database gets the fleetmesh id when
+/// `writable`; a read-only open of an empty database reports the store as missing.
+fn check_header(conn: &Connection, path: &Path, writable: bool) -> Result<(), StoreError> {
+    let app_id: i32 = conn
+        .pragma_query_value(None, "application_id", |row| row.get(0))
+        .map_err(|err| corrupt(path, err))?;
+    let table_count: i64 = conn
+        .query_row("SELECT COUNT(*) FROM sqlite_master", [], |row| row.get(0))
+        .map_err(|err| corrupt(path, err))?;
+
+    if app_id == 0 && table_count == 0 {
+        if !writable {
+            return Err(StoreError::Missing {
+                path: path.to_path_buf(),
+            });
+        }
+        conn.pragma_update(None, "application_id", APPLICATION_ID)
+            .map_err(|err| corrupt(path, err))?;
+        return Ok(());
+    }
+    if app_id != APPLICATION_ID {
+        return Err(StoreError::Foreign {
+            path: path.to_path_buf(),
+            found: app_id,
+        });
+    }
+
+    let format: Option<String> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'store_format'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(|err| corrupt(path, err))?;
+    let format: i64 = format.and_then(|f| f.parse().ok()).unwrap_or(0);
+    if format > STORE_FORMAT {
+        return Err(StoreError::TooNew {
+            path: path.to_path_buf(),
+            found: format,
+        });
+    }
+    Ok(())
+}
+
+fn corrupt(path: &Path, err: rusqlite::Error) -> StoreError {
+    StoreError::Corrupt {
+        path: path.to_path_buf(),
+        reason: err.to_string(),
+    }
+}
+
+fn corrupt_text(path: &Path, reason: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+fn node_from_blob(bytes: &[u8]) -> Option<NodeId> {
+    let key: [u8; 32] = bytes.try_into().ok()?;
+    Some(NodeId(key))
+}
+
+/// A small least-recently-used cache of documents.
+struct DocCache {
+    max: usize,
+    docs: BTreeMap<DocId, NodeDocument>,
+    order: VecDeque<DocId>,
+}
+
+impl DocCache {
+    fn new(max: usize) -> Self {
+        DocCache {
+            max,
+            docs: BTreeMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    fn take(&mut self, id: &DocId) -> Option<NodeDocument> {
+        let doc = self.docs.remove(id)?;
+        self.order.retain(|other| other != id);
+        Some(doc)
+    }
+
+    fn put(&mut self, id: DocId, doc: NodeDocument) {
+        self.order.retain(|other| other != &id);
+        self.order.push_back(id.clone());
+        self.docs.insert(id, doc);
+        while self.docs.len() > self.max {
+            match self.order.pop_front() {
+                Some(oldest) => {
+                    self.docs.remove(&oldest);
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn ids(&self) -> Vec<DocId> {
+        self.order.iter().cloned().collect()
+    }
+}
