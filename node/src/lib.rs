@@ -6,4 +6,5 @@
 //! - [`net`]: the libp2p transport and the tokio task that drives the engine;
 //! - [`daemon`]: the running node (`fleetmesh up`).
 
+pub mod collect;
 pub mod sync;
