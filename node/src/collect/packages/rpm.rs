@@ -124,9 +124,15 @@ fn parse_headers<'a>(
     }
 }
 
-/// Reads `rpmdb.sqlite`. A database written in WAL mode cannot be opened read-only in a
-/// directory without write access unless SQLite is told the file will not change, so that is
-/// tried second.
+/// Reads `rpmdb.sqlite`.
+///
+/// rpm keeps the database in WAL mode, and SQLite creates `-wal` and `-shm` files beside a WAL
+/// database even for a read-only connection when it may write there (root may write almost
+/// anywhere). So a captured tree is opened with `immutable=1`, which never writes. A live
+/// system is opened with `mode=ro` first, which also sees changes still in the WAL, and with
+/// `immutable=1` when that fails.
+///
+/// NOTE: in a captured tree, changes still in a non-empty `-wal` file are not seen.
 fn read_sqlite(ctx: &Context, facts: &mut Facts, path: &str) -> Option<Vec<Package>> {
     let host = ctx.resolve(path);
     let Some(host) = host.to_str() else {
@@ -135,8 +141,13 @@ fn read_sqlite(ctx: &Context, facts: &mut Facts, path: &str) -> Option<Vec<Packa
     };
     let escaped = host.replace('%', "%25").replace('?', "%3f").replace('#', "%23");
 
+    let attempts: &[&str] = if ctx.live() {
+        &["mode=ro", "immutable=1"]
+    } else {
+        &["immutable=1"]
+    };
     let mut last_error = String::new();
-    for parameters in ["mode=ro", "immutable=1"] {
+    for parameters in attempts {
         match query_sqlite_blobs(&format!("file:{escaped}?{parameters}")) {
             Ok((blobs, query_error)) => {
                 let mut parsed = parse_headers(blobs.iter().map(|(hnum, blob)| (*hnum, blob.as_slice())), Vec::new());
