@@ -1,1 +1,78 @@
-fn main() {}
+//! The `fleetmesh` command: runs a node (`up`) and reads the local replica (`nodes`, `show`,
+//! `query`, `schema`), or prints this machine's facts without a mesh (`collect`).
+//!
+//! Every failure ends in one line on standard error that names the value and the fix, and a
+//! non-zero exit status.
+
+mod commands;
+mod paths;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Configuration inventory for MSP fleets, replicated peer to peer.
+#[derive(Parser, Debug)]
+#[command(name = "fleetmesh", version, about, long_about = None)]
+struct Cli {
+    /// Data directory holding the node key and store [default: $XDG_DATA_HOME/fleetmesh, or
+    /// /var/lib/fleetmesh as root].
+    #[arg(long, global = true, env = "FLEETMESH_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a node: collect this machine's facts and sync with peers.
+    Up(commands::up::UpArgs),
+    /// List every node in the local replica.
+    Nodes(commands::read::NodesArgs),
+    /// Print one node's facts.
+    Show(commands::read::ShowArgs),
+    /// Run a read-only SQL query over the fleet's fact tables.
+    Query(commands::read::QueryArgs),
+    /// Print the tables and columns that `query` can read.
+    Schema(commands::read::SchemaArgs),
+    /// Print this machine's facts without joining a mesh.
+    Collect(commands::collect::CollectArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let data_dir = cli.data_dir.unwrap_or_else(paths::default_data_dir);
+    let result = match cli.command {
+        Command::Up(args) => commands::up::run(&data_dir, args),
+        Command::Nodes(args) => commands::read::nodes(&data_dir, args),
+        Command::Show(args) => commands::read::show(&data_dir, args),
+        Command::Query(args) => commands::read::query(&data_dir, args),
+        Command::Schema(args) => commands::read::schema(args),
+        Command::Collect(args) => commands::collect::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {}", one_line(&err));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Joins an error and its causes into one line, skipping causes already in the message.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace('\n', " ")
+}

@@ -1,0 +1,5 @@
+//! One module per group of subcommands.
+
+pub mod collect;
+pub mod read;
+pub mod up;

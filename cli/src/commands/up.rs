@@ -1,0 +1,133 @@
+//! `fleetmesh up`: run a node on embedded defaults.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use fleetmesh_model::TenantId;
+use fleetmesh_node::daemon::{self, Node, NodeConfig};
+use fleetmesh_node::net::DEFAULT_PORT;
+use libp2p::Multiaddr;
+
+/// Options of `fleetmesh up`.
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Root of the file system to collect from.
+    #[arg(long, default_value = "/", value_name = "DIR")]
+    root: PathBuf,
+
+    /// Address to listen on, as a multiaddr (repeatable). Port 0 picks a free port.
+    /// [default: /ip4/0.0.0.0/udp/7411/quic-v1 and /ip4/0.0.0.0/tcp/7411]
+    #[arg(long = "listen", value_name = "MULTIADDR", value_parser = parse_multiaddr)]
+    listen: Vec<Multiaddr>,
+
+    /// Peer at another site to keep connected, as a multiaddr (repeatable), for example
+    /// /ip4/192.0.2.10/udp/7411/quic-v1.
+    #[arg(long = "peer", value_name = "MULTIADDR", value_parser = parse_multiaddr)]
+    peers: Vec<Multiaddr>,
+
+    /// Turn off mDNS discovery of peers on the local network.
+    #[arg(long)]
+    no_mdns: bool,
+
+    /// Seconds between collections.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    interval: u64,
+
+    /// Seconds between anti-entropy rounds with a random peer.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    anti_entropy_interval: u64,
+
+    /// Fleet to join (32 hex digits, printed by the first node's `up`). Without it, the node
+    /// keeps the fleet in its data directory or creates a new one.
+    #[arg(long, value_name = "FLEET_ID", env = "FLEETMESH_FLEET")]
+    fleet: Option<String>,
+
+    /// Tenant (customer) this node belongs to.
+    #[arg(long, default_value = "default", value_parser = parse_tenant)]
+    tenant: TenantId,
+
+    /// Site (location) of this node; nodes of one site prefer each other.
+    #[arg(long, default_value = "default", value_parser = parse_site)]
+    site: String,
+
+    /// File to track on top of the default list (repeatable).
+    #[arg(long = "track", value_name = "PATH")]
+    track: Vec<String>,
+}
+
+fn parse_multiaddr(text: &str) -> Result<Multiaddr, String> {
+    text.parse::<Multiaddr>().map_err(|err| {
+        format!("{err}; expected a multiaddr such as /ip4/192.0.2.10/udp/{DEFAULT_PORT}/quic-v1")
+    })
+}
+
+fn parse_tenant(text: &str) -> Result<TenantId, String> {
+    TenantId::new(text).map_err(|err| err.to_string())
+}
+
+fn parse_site(text: &str) -> Result<String, String> {
+    fleetmesh_model::ids::validate_name("site", text)
+        .map(|()| text.to_string())
+        .map_err(|err| err.to_string())
+}
+
+/// Runs the node until Ctrl-C or SIGTERM.
+pub fn run(data_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let mut config = NodeConfig::new(data_dir.to_path_buf());
+    config.root = args.root;
+    if !args.listen.is_empty() {
+        config.listen = args.listen;
+    }
+    config.peers = args.peers;
+    config.mdns = !args.no_mdns;
+    config.interval = Duration::from_secs(args.interval);
+    config.anti_entropy_interval = Duration::from_secs(args.anti_entropy_interval);
+    if let Some(fleet) = &args.fleet {
+        daemon::validate_fleet(fleet)?;
+    }
+    config.fleet = args.fleet;
+    config.tenant = args.tenant;
+    config.site = args.site;
+    config.extra_tracked_files = args.track;
+
+    let node = Node::prepare(config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime failed")?;
+    runtime.block_on(node.run(shutdown_signal()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLEETMESH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
