@@ -48,7 +48,10 @@ pub fn collect(ctx: &Context, facts: &mut Facts) {
     // Authorized keys.
     let key_files = match ctx.read_text(facts, NAME, "/etc/ssh/sshd_config") {
         Some(config) => authorized_keys_files(&config),
-        None => DEFAULT_AUTHORIZED_KEYS.iter().map(|s| s.to_string()).collect(),
+        None => DEFAULT_AUTHORIZED_KEYS
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
     };
     for (name, user) in users.iter_mut() {
         if ctx.expired() {
@@ -60,7 +63,8 @@ pub fn collect(ctx: &Context, facts: &mut Facts) {
         }
         for pattern in &key_files {
             let path = expand_key_path(pattern, name, user);
-            let Some(text) = ctx.read_text_limited(facts, NAME, &path, AUTHORIZED_KEYS_MAX_BYTES) else {
+            let Some(text) = ctx.read_text_limited(facts, NAME, &path, AUTHORIZED_KEYS_MAX_BYTES)
+            else {
                 continue;
             };
             let fingerprints = parse_authorized_keys(&text).into_value(facts, NAME, &path);
@@ -82,15 +86,17 @@ pub fn parse_passwd(text: &str) -> Parsed<BTreeMap<String, User>> {
         }
         let fields: Vec<&str> = line.split(':').collect();
         if fields.len() != 7 {
-            parsed
-                .problems
-                .push(format!("line {number}: expected 7 fields, found {}", fields.len()));
+            parsed.problems.push(format!(
+                "line {number}: expected 7 fields, found {}",
+                fields.len()
+            ));
             continue;
         }
         let (Ok(uid), Ok(gid)) = (fields[2].parse::<u32>(), fields[3].parse::<u32>()) else {
-            parsed
-                .problems
-                .push(format!("line {number}: user {:?} has an invalid uid or gid", fields[0]));
+            parsed.problems.push(format!(
+                "line {number}: user {:?} has an invalid uid or gid",
+                fields[0]
+            ));
             continue;
         };
         let user = User {
@@ -117,15 +123,17 @@ pub fn parse_group(text: &str) -> Parsed<BTreeMap<String, Group>> {
         }
         let fields: Vec<&str> = line.split(':').collect();
         if fields.len() != 4 {
-            parsed
-                .problems
-                .push(format!("line {number}: expected 4 fields, found {}", fields.len()));
+            parsed.problems.push(format!(
+                "line {number}: expected 4 fields, found {}",
+                fields.len()
+            ));
             continue;
         }
         let Ok(gid) = fields[2].parse::<u32>() else {
-            parsed
-                .problems
-                .push(format!("line {number}: group {:?} has an invalid gid", fields[0]));
+            parsed.problems.push(format!(
+                "line {number}: group {:?} has an invalid gid",
+                fields[0]
+            ));
             continue;
         };
         let members = fields[3]
@@ -134,18 +142,23 @@ pub fn parse_group(text: &str) -> Parsed<BTreeMap<String, Group>> {
             .filter(|member| !member.is_empty())
             .map(str::to_string)
             .collect();
-        parsed.value.insert(fields[0].to_string(), Group { gid, members });
+        parsed
+            .value
+            .insert(fields[0].to_string(), Group { gid, members });
     }
     parsed
 }
 
 /// Sets `admin` on members of the administrative groups.
 pub fn mark_admins(users: &mut BTreeMap<String, User>, groups: &BTreeMap<String, Group>) {
-    let admin_groups: Vec<&Group> = ADMIN_GROUPS.iter().filter_map(|name| groups.get(*name)).collect();
+    let admin_groups: Vec<&Group> = ADMIN_GROUPS
+        .iter()
+        .filter_map(|name| groups.get(*name))
+        .collect();
     for (name, user) in users.iter_mut() {
-        user.admin = admin_groups
-            .iter()
-            .any(|group| group.gid == user.gid || group.members.iter().any(|member| member == name));
+        user.admin = admin_groups.iter().any(|group| {
+            group.gid == user.gid || group.members.iter().any(|member| member == name)
+        });
     }
 }
 
@@ -170,7 +183,10 @@ pub fn authorized_keys_files(config: &str) -> Vec<String> {
             return files;
         }
     }
-    DEFAULT_AUTHORIZED_KEYS.iter().map(|s| s.to_string()).collect()
+    DEFAULT_AUTHORIZED_KEYS
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 
 /// Expands `%h`, `%u`, `%U` and `%%` in an `AuthorizedKeysFile` pattern; a relative result is
@@ -215,7 +231,9 @@ pub fn parse_authorized_keys(text: &str) -> Parsed<Vec<String>> {
         }
         match fingerprint_line(line) {
             Ok(fingerprint) => parsed.value.push(fingerprint),
-            Err(reason) => parsed.problems.push(format!("line {}: {reason}", index + 1)),
+            Err(reason) => parsed
+                .problems
+                .push(format!("line {}: {reason}", index + 1)),
         }
     }
     parsed
@@ -238,7 +256,10 @@ fn fingerprint_line(line: &str) -> Result<String, String> {
     if blob_key_type(&blob) != Some(key_type.as_bytes()) {
         return Err(format!("{key_type} key data names a different key type"));
     }
-    Ok(format!("SHA256:{}", STANDARD_NO_PAD.encode(Sha256::digest(&blob))))
+    Ok(format!(
+        "SHA256:{}",
+        STANDARD_NO_PAD.encode(Sha256::digest(&blob))
+    ))
 }
 
 fn is_key_type(word: &str) -> bool {
@@ -300,7 +321,13 @@ mod tests {
         blob.extend_from_slice(b"ssh-ed25519");
         blob.extend_from_slice(&32u32.to_be_bytes());
         blob.extend_from_slice(&key);
-        (format!("{prefix}ssh-ed25519 {} admin@laptop", STANDARD.encode(&blob)), blob)
+        (
+            format!(
+                "{prefix}ssh-ed25519 {} admin@laptop",
+                STANDARD.encode(&blob)
+            ),
+            blob,
+        )
     }
 
     #[test]
@@ -337,12 +364,21 @@ mod tests {
     #[test]
     fn authorized_keys_file_setting() {
         let config = "AuthorizedKeysFile /etc/ssh/keys/%u .ssh/authorized_keys\nMatch user x\nAuthorizedKeysFile none\n";
-        assert_eq!(authorized_keys_files(config), vec!["/etc/ssh/keys/%u", ".ssh/authorized_keys"]);
+        assert_eq!(
+            authorized_keys_files(config),
+            vec!["/etc/ssh/keys/%u", ".ssh/authorized_keys"]
+        );
         let user = User {
             home: "/home/a".to_string(),
             ..User::default()
         };
-        assert_eq!(expand_key_path("/etc/ssh/keys/%u", "a", &user), "/etc/ssh/keys/a");
-        assert_eq!(expand_key_path(".ssh/authorized_keys", "a", &user), "/home/a/.ssh/authorized_keys");
+        assert_eq!(
+            expand_key_path("/etc/ssh/keys/%u", "a", &user),
+            "/etc/ssh/keys/a"
+        );
+        assert_eq!(
+            expand_key_path(".ssh/authorized_keys", "a", &user),
+            "/home/a/.ssh/authorized_keys"
+        );
     }
 }

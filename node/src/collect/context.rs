@@ -12,6 +12,7 @@ use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::collect::add_error;
 use fleetmesh_model::Facts;
 
 /// Largest file a collector reads whole unless it passes its own limit (64 MiB).
@@ -82,7 +83,8 @@ impl Context {
 
     /// Records that `collector` stopped early because the budget ran out.
     pub fn record_expired(&self, facts: &mut Facts, collector: &str, path: Option<&str>) {
-        facts.add_error(
+        add_error(
+            facts,
             collector,
             path,
             format!(
@@ -195,7 +197,7 @@ impl Context {
             Ok(bytes) => Some(bytes),
             Err(ReadError::NotFound) => None,
             Err(ReadError::Failed(message)) => {
-                facts.add_error(collector, Some(path), message);
+                add_error(facts, collector, Some(path), message);
                 None
             }
         }
@@ -220,7 +222,12 @@ impl Context {
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Vec::new(),
             Err(err) if err.kind() == io::ErrorKind::NotADirectory => return Vec::new(),
             Err(err) => {
-                facts.add_error(collector, Some(path), format!("listing failed: {err}"));
+                add_error(
+                    facts,
+                    collector,
+                    Some(path),
+                    format!("listing failed: {err}"),
+                );
                 return Vec::new();
             }
         };
@@ -261,7 +268,12 @@ impl Context {
     ///
     /// The command gets no input and is killed when it outlives `timeout` or the collector's
     /// deadline, whichever comes first.
-    pub fn run_command(&self, program: &str, args: &[&str], timeout: Duration) -> Result<String, String> {
+    pub fn run_command(
+        &self,
+        program: &str,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<String, String> {
         let mut child = Command::new(program)
             .args(args)
             .stdin(Stdio::null())
@@ -288,7 +300,10 @@ impl Context {
                 Ok(None) if Instant::now() >= limit => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    return Err(format!("{program} timed out after {} ms", timeout.as_millis()));
+                    return Err(format!(
+                        "{program} timed out after {} ms",
+                        timeout.as_millis()
+                    ));
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(5)),
                 Err(err) => return Err(format!("waiting for {program} failed: {err}")),
@@ -308,7 +323,8 @@ pub fn decode_text(facts: &mut Facts, collector: &str, path: &str, bytes: Vec<u8
         Ok(text) => text,
         Err(err) => {
             let offset = err.utf8_error().valid_up_to();
-            facts.add_error(
+            add_error(
+                facts,
                 collector,
                 Some(path),
                 format!("invalid UTF-8 at byte {offset}; the invalid bytes were replaced"),
@@ -442,7 +458,10 @@ mod tests {
         fs::write(root.join("a"), "/lib/systemd/system/ssh.service").expect("write");
         fs::write(root.join("b"), "[Unit]\nDescription=x\n").expect("write");
         let ctx = context(root);
-        assert_eq!(ctx.read_link_like("/a").as_deref(), Some("/lib/systemd/system/ssh.service"));
+        assert_eq!(
+            ctx.read_link_like("/a").as_deref(),
+            Some("/lib/systemd/system/ssh.service")
+        );
         assert_eq!(ctx.read_link_like("/b"), None);
     }
 }

@@ -88,7 +88,9 @@ pub fn parse_cpuinfo(text: &str) -> CpuInfo {
             "vendor_id" if info.vendor.is_none() && !value.is_empty() => {
                 info.vendor = Some(value.to_string());
             }
-            "model name" | "cpu model" | "cpu" | "Processor" if info.model.is_none() && !value.is_empty() => {
+            "model name" | "cpu model" | "cpu" | "Processor"
+                if info.model.is_none() && !value.is_empty() =>
+            {
                 info.model = Some(value.to_string());
             }
             "physical id" => {
@@ -112,7 +114,12 @@ pub fn parse_cpuinfo(text: &str) -> CpuInfo {
         threads = text
             .lines()
             .find_map(|line| line.strip_prefix("# processors"))
-            .and_then(|rest| rest.trim_start_matches([' ', ':', '\t']).trim().parse().ok())
+            .and_then(|rest| {
+                rest.trim_start_matches([' ', ':', '\t'])
+                    .trim()
+                    .parse()
+                    .ok()
+            })
             .unwrap_or(0);
     }
 
@@ -152,7 +159,10 @@ fn arm_names(implementer: &str, part: Option<&str>) -> (Option<&'static str>, Op
         "0xc0" => Some("Ampere"),
         _ => None,
     };
-    let core = match (implementer.to_ascii_lowercase().as_str(), part.map(str::to_ascii_lowercase).as_deref()) {
+    let core = match (
+        implementer.to_ascii_lowercase().as_str(),
+        part.map(str::to_ascii_lowercase).as_deref(),
+    ) {
         ("0x41", Some("0xd03")) => Some("Cortex-A53"),
         ("0x41", Some("0xd04")) => Some("Cortex-A35"),
         ("0x41", Some("0xd05")) => Some("Cortex-A55"),
@@ -289,7 +299,16 @@ mod tests {
     #[test]
     fn cpuinfo_x86_two_sockets() {
         let mut text = String::new();
-        for (cpu, package, core) in [(0, 0, 0), (1, 0, 0), (2, 0, 1), (3, 0, 1), (4, 1, 0), (5, 1, 0), (6, 1, 1), (7, 1, 1)] {
+        for (cpu, package, core) in [
+            (0, 0, 0),
+            (1, 0, 0),
+            (2, 0, 1),
+            (3, 0, 1),
+            (4, 1, 0),
+            (5, 1, 0),
+            (6, 1, 1),
+            (7, 1, 1),
+        ] {
             text.push_str(&format!(
                 "processor\t: {cpu}\nvendor_id\t: GenuineIntel\nmodel name\t: Intel Xeon\nphysical id\t: {package}\ncore id\t\t: {core}\n\n"
             ));
@@ -315,7 +334,9 @@ mod tests {
 
     #[test]
     fn meminfo_values() {
-        let memory = parse_meminfo("MemTotal:       24683792 kB\nSwapTotal:             0 kB\nHugePages_Total:       0\n");
+        let memory = parse_meminfo(
+            "MemTotal:       24683792 kB\nSwapTotal:             0 kB\nHugePages_Total:       0\n",
+        );
         assert_eq!(memory["MemTotal"], 24_683_792);
         assert_eq!(memory["SwapTotal"], 0);
     }

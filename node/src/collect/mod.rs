@@ -95,9 +95,34 @@ impl<T> Parsed<T> {
     /// path, so several problems in one file share a fact), and returns the value.
     pub fn into_value(self, facts: &mut Facts, collector: &str, path: &str) -> T {
         if !self.problems.is_empty() {
-            facts.add_error(collector, Some(path), summarize_problems(&self.problems));
+            add_error(
+                facts,
+                collector,
+                Some(path),
+                summarize_problems(&self.problems),
+            );
         }
         self.value
+    }
+}
+
+/// Records a collector problem as an error fact. Facts are keyed by collector and path, so a
+/// second problem for the same key is appended to the first message instead of replacing it.
+pub fn add_error(
+    facts: &mut Facts,
+    collector: &str,
+    path: Option<&str>,
+    message: impl Into<String>,
+) {
+    let message = message.into();
+    let key = format!("{}:{}", collector, path.unwrap_or(""));
+    match facts.collector_errors.get_mut(&key) {
+        Some(existing) if !existing.message.contains(&message) => {
+            existing.message.push_str("; ");
+            existing.message.push_str(&message);
+        }
+        Some(_) => {}
+        None => facts.add_error(collector, path, message),
     }
 }
 
@@ -107,7 +132,11 @@ pub fn summarize_problems(problems: &[String]) -> String {
     let mut message = if problems.len() == 1 {
         problems[0].clone()
     } else {
-        format!("{} problems: {}", problems.len(), problems[..problems.len().min(SHOWN)].join("; "))
+        format!(
+            "{} problems: {}",
+            problems.len(),
+            problems[..problems.len().min(SHOWN)].join("; ")
+        )
     };
     if problems.len() > SHOWN {
         message.push_str("; ...");
@@ -136,8 +165,13 @@ const COLLECTORS: [(&str, CollectorFn); 10] = [
 pub fn collect(options: &CollectOptions) -> Facts {
     let deadline = Instant::now() + options.collector_budget;
     let ctx = Arc::new(
-        Context::new(options.root.clone(), options.live, options.collector_budget, deadline)
-            .with_extra_tracked_files(options.extra_tracked_files.clone()),
+        Context::new(
+            options.root.clone(),
+            options.live,
+            options.collector_budget,
+            deadline,
+        )
+        .with_extra_tracked_files(options.extra_tracked_files.clone()),
     );
 
     // Start every collector on its own thread.
@@ -156,7 +190,12 @@ pub fn collect(options: &CollectOptions) -> Facts {
             });
         match spawned {
             Ok(handle) => running.push((name, receiver, handle)),
-            Err(err) => facts.add_error(name, None, format!("starting the collector thread failed: {err}")),
+            Err(err) => add_error(
+                &mut facts,
+                name,
+                None,
+                format!("starting the collector thread failed: {err}"),
+            ),
         }
     }
 
@@ -167,7 +206,8 @@ pub fn collect(options: &CollectOptions) -> Facts {
             Ok(part) => merge(&mut facts, part),
             Err(RecvTimeoutError::Timeout) => {
                 tracing::warn!(collector = name, "collector overran its time budget");
-                facts.add_error(
+                add_error(
+                    &mut facts,
                     name,
                     None,
                     format!(
@@ -179,7 +219,12 @@ pub fn collect(options: &CollectOptions) -> Facts {
             Err(RecvTimeoutError::Disconnected) => {
                 let reason = handle.join().err().map(panic_message).unwrap_or_default();
                 tracing::error!(collector = name, reason = %reason, "collector panicked");
-                facts.add_error(name, None, format!("collector panicked: {reason}"));
+                add_error(
+                    &mut facts,
+                    name,
+                    None,
+                    format!("collector panicked: {reason}"),
+                );
             }
         }
     }

@@ -12,6 +12,7 @@ use fleetmesh_model::Facts;
 
 use super::context::Context;
 use super::Parsed;
+use crate::collect::add_error;
 
 const NAME: &str = "os";
 
@@ -56,7 +57,12 @@ fn read_release(ctx: &Context, facts: &mut Facts) -> Option<Os> {
         }
     }
 
-    facts.add_error(NAME, None, "no os-release, lsb-release or distribution release file found");
+    add_error(
+        facts,
+        NAME,
+        None,
+        "no os-release, lsb-release or distribution release file found",
+    );
     None
 }
 
@@ -74,7 +80,9 @@ pub fn parse_os_release(text: &str) -> Parsed<BTreeMap<String, String>> {
             continue;
         }
         let Some((key, raw)) = line.split_once('=') else {
-            parsed.problems.push(format!("line {number}: expected KEY=value"));
+            parsed
+                .problems
+                .push(format!("line {number}: expected KEY=value"));
             continue;
         };
         if !is_variable_name(key) {

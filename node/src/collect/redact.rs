@@ -48,9 +48,8 @@ const SECRET_NAME_ENDINGS: [&str; 18] = [
 /// Setting names that end in a secret-like word but are not secrets.
 const NOT_SECRET_NAMES: [&str; 2] = ["bypass", "compass"];
 
-static URL_CREDENTIALS: LazyLock<Option<Regex>> = LazyLock::new(|| {
-    Regex::new(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]+:)[^/\s@]+@").ok()
-});
+static URL_CREDENTIALS: LazyLock<Option<Regex>> =
+    LazyLock::new(|| Regex::new(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]+:)[^/\s@]+@").ok());
 
 /// Redacts secrets in the text of the file at `path` (a path as the machine sees it).
 pub fn redact(path: &str, text: &str) -> String {
@@ -165,7 +164,8 @@ pub fn redact_setting(line: &str) -> String {
         return line.to_string();
     }
 
-    let head_len = prefix_len + name_start + name_len + quote.map_or(0, char::len_utf8) + separator_len;
+    let head_len =
+        prefix_len + name_start + name_len + quote.map_or(0, char::len_utf8) + separator_len;
     let trailing_comma = if value.ends_with(',') { "," } else { "" };
     format!("{}{REDACTED}{trailing_comma}", &line[..head_len])
 }
@@ -177,10 +177,16 @@ pub fn is_secret_setting(name: &str, value: &str) -> bool {
         .filter(|c| !matches!(c, '_' | '-' | '.'))
         .map(|c| c.to_ascii_lowercase())
         .collect();
-    if NOT_SECRET_NAMES.iter().any(|word| normalized.ends_with(word)) {
+    if NOT_SECRET_NAMES
+        .iter()
+        .any(|word| normalized.ends_with(word))
+    {
         return false;
     }
-    if SECRET_NAME_ENDINGS.iter().any(|ending| normalized.ends_with(ending)) {
+    if SECRET_NAME_ENDINGS
+        .iter()
+        .any(|ending| normalized.ends_with(ending))
+    {
         return true;
     }
     let value = value.trim_matches(['"', '\'']);
@@ -194,13 +200,28 @@ mod tests {
 
     #[test]
     fn settings_with_secret_names() {
-        assert_eq!(redact_setting("password = hunter2"), "password = [REDACTED]");
-        assert_eq!(redact_setting("  db_password: hunter2"), "  db_password: [REDACTED]");
-        assert_eq!(redact_setting("export API_TOKEN=abc"), "export API_TOKEN=[REDACTED]");
+        assert_eq!(
+            redact_setting("password = hunter2"),
+            "password = [REDACTED]"
+        );
+        assert_eq!(
+            redact_setting("  db_password: hunter2"),
+            "  db_password: [REDACTED]"
+        );
+        assert_eq!(
+            redact_setting("export API_TOKEN=abc"),
+            "export API_TOKEN=[REDACTED]"
+        );
         assert_eq!(redact_setting("rootpw s3cret"), "rootpw [REDACTED]");
         assert_eq!(redact_setting("#psk=\"wifi\""), "#psk=[REDACTED]");
-        assert_eq!(redact_setting("  \"client_secret\": \"abc\","), "  \"client_secret\": [REDACTED],");
-        assert_eq!(redact_setting("aws_secret_access_key=AKIA"), "aws_secret_access_key=[REDACTED]");
+        assert_eq!(
+            redact_setting("  \"client_secret\": \"abc\","),
+            "  \"client_secret\": [REDACTED],"
+        );
+        assert_eq!(
+            redact_setting("aws_secret_access_key=AKIA"),
+            "aws_secret_access_key=[REDACTED]"
+        );
     }
 
     #[test]
@@ -231,13 +252,25 @@ mod tests {
 
     #[test]
     fn url_credentials() {
-        let out = redact("/etc/apt/auth", "deb https://user:s3cret@repo.example.com/debian stable main\n");
-        assert_eq!(out, "deb https://user:[REDACTED]@repo.example.com/debian stable main\n");
+        let out = redact(
+            "/etc/apt/auth",
+            "deb https://user:s3cret@repo.example.com/debian stable main\n",
+        );
+        assert_eq!(
+            out,
+            "deb https://user:[REDACTED]@repo.example.com/debian stable main\n"
+        );
     }
 
     #[test]
     fn passwd_hash_field() {
-        let out = redact("/etc/passwd", "root:$6$salt$hash:0:0:root:/root:/bin/bash\nbin:x:2:2::/bin:/bin/false\n");
-        assert_eq!(out, "root:[REDACTED]:0:0:root:/root:/bin/bash\nbin:x:2:2::/bin:/bin/false\n");
+        let out = redact(
+            "/etc/passwd",
+            "root:$6$salt$hash:0:0:root:/root:/bin/bash\nbin:x:2:2::/bin:/bin/false\n",
+        );
+        assert_eq!(
+            out,
+            "root:[REDACTED]:0:0:root:/root:/bin/bash\nbin:x:2:2::/bin:/bin/false\n"
+        );
     }
 }

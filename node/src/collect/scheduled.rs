@@ -196,9 +196,10 @@ pub fn parse_crontab(text: &str, system: bool) -> Parsed<Vec<CronEntry>> {
         let needed = schedule_fields + usize::from(system) + 1;
         let (fields, rest) = split_fields(line, needed - 1);
         if fields.len() < needed - 1 || rest.is_empty() {
-            parsed
-                .problems
-                .push(format!("line {number}: expected a schedule{} and a command", if system { ", a user" } else { "" }));
+            parsed.problems.push(format!(
+                "line {number}: expected a schedule{} and a command",
+                if system { ", a user" } else { "" }
+            ));
             continue;
         }
         let schedule = fields[..schedule_fields].join(" ");
@@ -248,7 +249,10 @@ mod tests {
         assert_eq!(parsed.value.len(), 2);
         assert_eq!(parsed.value[0].schedule, "17 * * * *");
         assert_eq!(parsed.value[0].user.as_deref(), Some("root"));
-        assert_eq!(parsed.value[0].command, "cd / && run-parts --report /etc/cron.hourly");
+        assert_eq!(
+            parsed.value[0].command,
+            "cd / && run-parts --report /etc/cron.hourly"
+        );
         assert_eq!(parsed.value[1].schedule, "@reboot");
         assert_eq!(parsed.problems.len(), 1);
     }

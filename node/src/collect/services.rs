@@ -21,6 +21,7 @@ use fleetmesh_model::Facts;
 
 use super::context::Context;
 use super::systemd::{self, UnitScan, UnitSource};
+use crate::collect::add_error;
 
 const NAME: &str = "services";
 
@@ -42,7 +43,13 @@ pub fn collect(ctx: &Context, facts: &mut Facts) {
         facts.service_manager = Some("systemd".to_string());
         match ctx.run_command(
             "systemctl",
-            &["list-units", "--all", "--plain", "--no-legend", "--no-pager"],
+            &[
+                "list-units",
+                "--all",
+                "--plain",
+                "--no-legend",
+                "--no-pager",
+            ],
             SYSTEMCTL_TIMEOUT,
         ) {
             Ok(output) => {
@@ -52,7 +59,7 @@ pub fn collect(ctx: &Context, facts: &mut Facts) {
                     }
                 }
             }
-            Err(message) => facts.add_error(NAME, None, message),
+            Err(message) => add_error(facts, NAME, None, message),
         }
     } else {
         facts.service_manager = Some("systemd (not running)".to_string());
@@ -62,7 +69,11 @@ pub fn collect(ctx: &Context, facts: &mut Facts) {
 }
 
 /// Builds service facts from the unit files and links found.
-fn services_from_scan(ctx: &Context, facts: &mut Facts, scan: &UnitScan) -> BTreeMap<String, Service> {
+fn services_from_scan(
+    ctx: &Context,
+    facts: &mut Facts,
+    scan: &UnitScan,
+) -> BTreeMap<String, Service> {
     let mut services = BTreeMap::new();
 
     for (name, entry) in &scan.units {
@@ -99,9 +110,17 @@ fn services_from_scan(ctx: &Context, facts: &mut Facts, scan: &UnitScan) -> BTre
         if services.contains_key(name) {
             continue;
         }
-        let template = systemd::template_of(name).and_then(|template| services.get(&template).cloned());
+        let template =
+            systemd::template_of(name).and_then(|template| services.get(&template).cloned());
         let mut service = template.unwrap_or_default();
-        service.enabled = Some(if scan.enabled.contains(name) { "enabled" } else { "enabled-runtime" }.to_string());
+        service.enabled = Some(
+            if scan.enabled.contains(name) {
+                "enabled"
+            } else {
+                "enabled-runtime"
+            }
+            .to_string(),
+        );
         services.insert(name.clone(), service);
     }
     services
@@ -159,6 +178,9 @@ mod tests {
         let output = "ssh.service loaded active running OpenBSD Secure Shell server\n\u{25cf} nginx.service loaded failed failed A web server\n";
         let units = parse_list_units(output);
         assert_eq!(units[0], ("ssh.service".to_string(), "active".to_string()));
-        assert_eq!(units[1], ("nginx.service".to_string(), "failed".to_string()));
+        assert_eq!(
+            units[1],
+            ("nginx.service".to_string(), "failed".to_string())
+        );
     }
 }

@@ -19,6 +19,7 @@ use fleetmesh_model::Facts;
 
 use super::context::Context;
 use super::Parsed;
+use crate::collect::add_error;
 
 const NAME: &str = "storage";
 
@@ -72,7 +73,16 @@ const TRANSIENT_PREFIXES: [&str; 12] = [
 
 /// File system types whose `statvfs` may hang on an unreachable server.
 const NETWORK_FS_TYPES: [&str; 10] = [
-    "nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "fuse.sshfs", "9p", "afs",
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "ceph",
+    "glusterfs",
+    "fuse.sshfs",
+    "9p",
+    "afs",
 ];
 
 /// One line of a mount table.
@@ -95,7 +105,15 @@ pub fn collect(ctx: &Context, facts: &mut Facts) {
         .iter()
         .find_map(|path| ctx.read_text(facts, NAME, path).map(|text| (*path, text)))
     else {
-        facts.add_error(NAME, None, "no mount table found (/proc/mounts, /etc/mtab)");
+        // A captured tree often has no /proc; only a live system must have a mount table.
+        if ctx.live() {
+            add_error(
+                facts,
+                NAME,
+                None,
+                "no mount table found (/proc/mounts, /etc/mtab)",
+            );
+        }
         return;
     };
 
@@ -119,7 +137,7 @@ pub fn collect(ctx: &Context, facts: &mut Facts) {
                     mount.total_bytes = Some(total);
                     mount.free_bytes = Some(round_free(free, total));
                 }
-                Err(message) => facts.add_error(NAME, Some(&entry.mount_point), message),
+                Err(message) => add_error(facts, NAME, Some(&entry.mount_point), message),
             }
         }
         facts.mounts.insert(entry.mount_point, mount);
@@ -262,6 +280,9 @@ mod tests {
         assert!(is_managed_storage(&entry("/snapshots", "btrfs")));
         assert!(!is_managed_storage(&entry("/run/user/1000", "tmpfs")));
         assert!(!is_managed_storage(&entry("/proc", "proc")));
-        assert!(!is_managed_storage(&entry("/var/lib/docker/overlay2/x/merged", "overlay")));
+        assert!(!is_managed_storage(&entry(
+            "/var/lib/docker/overlay2/x/merged",
+            "overlay"
+        )));
     }
 }

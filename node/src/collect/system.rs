@@ -49,13 +49,20 @@ pub fn collect(ctx: &Context, facts: &mut Facts) {
 
     // Architecture: the running kernel when live, else the ELF header of a system binary.
     system.architecture = if ctx.live() {
-        Some(rustix::system::uname().machine().to_string_lossy().into_owned())
+        Some(
+            rustix::system::uname()
+                .machine()
+                .to_string_lossy()
+                .into_owned(),
+        )
     } else {
         architecture_from_binaries(ctx)
     };
 
     // Virtualization and container.
-    let cpuinfo = ctx.read_text(facts, NAME, "/proc/cpuinfo").unwrap_or_default();
+    let cpuinfo = ctx
+        .read_text(facts, NAME, "/proc/cpuinfo")
+        .unwrap_or_default();
     system.virtualization = detect_virtualization(ctx, &cpuinfo);
     system.container = detect_container(ctx);
 
@@ -83,7 +90,10 @@ pub fn fqdn_from_hosts(hosts: &str, hostname: &str) -> Option<String> {
     for line in hosts.lines() {
         let line = line.split('#').next().unwrap_or("");
         let names: Vec<&str> = line.split_whitespace().skip(1).collect();
-        if !names.iter().any(|name| *name == hostname || name.split('.').next() == Some(hostname)) {
+        if !names
+            .iter()
+            .any(|name| *name == hostname || name.split('.').next() == Some(hostname))
+        {
             continue;
         }
         let dotted = names
@@ -109,7 +119,9 @@ fn read_timezone(ctx: &Context, facts: &mut Facts) -> Option<String> {
     }
     if let Some(target) = ctx.read_link_like("/etc/localtime") {
         if let Some((_, zone)) = target.split_once("zoneinfo/") {
-            let zone = zone.trim_start_matches("posix/").trim_start_matches("right/");
+            let zone = zone
+                .trim_start_matches("posix/")
+                .trim_start_matches("right/");
             if !zone.is_empty() {
                 return Some(zone.to_string());
             }
@@ -125,7 +137,13 @@ fn read_timezone(ctx: &Context, facts: &mut Facts) -> Option<String> {
 
 /// Reads the architecture from the ELF header of the first system binary found under the root.
 fn architecture_from_binaries(ctx: &Context) -> Option<String> {
-    for path in ["/bin/sh", "/usr/bin/sh", "/bin/busybox", "/usr/bin/env", "/sbin/init"] {
+    for path in [
+        "/bin/sh",
+        "/usr/bin/sh",
+        "/bin/busybox",
+        "/usr/bin/env",
+        "/sbin/init",
+    ] {
         let Ok(mut file) = fs::File::open(ctx.resolve(path)) else {
             continue;
         };
@@ -257,14 +275,23 @@ fn detect_container(ctx: &Context) -> Option<String> {
     }
     if let Ok(cgroup) = ctx.read("/proc/1/cgroup", 1024 * 1024) {
         let cgroup = String::from_utf8_lossy(&cgroup);
-        for (needle, name) in [("/docker", "docker"), ("/lxc", "lxc"), ("kubepods", "kubernetes")] {
+        for (needle, name) in [
+            ("/docker", "docker"),
+            ("/lxc", "lxc"),
+            ("kubepods", "kubernetes"),
+        ] {
             if cgroup.contains(needle) {
                 return Some(name.to_string());
             }
         }
     }
-    let kernel = ctx.read_attribute("/proc/sys/kernel/osrelease").unwrap_or_default();
-    kernel.to_lowercase().contains("microsoft").then(|| "wsl".to_string())
+    let kernel = ctx
+        .read_attribute("/proc/sys/kernel/osrelease")
+        .unwrap_or_default();
+    kernel
+        .to_lowercase()
+        .contains("microsoft")
+        .then(|| "wsl".to_string())
 }
 
 #[cfg(test)]
@@ -281,7 +308,10 @@ mod tests {
     #[test]
     fn fqdn_from_hosts_line() {
         let hosts = "127.0.0.1 localhost\n192.0.2.10 web01.example.com web01 # app\n";
-        assert_eq!(fqdn_from_hosts(hosts, "web01").as_deref(), Some("web01.example.com"));
+        assert_eq!(
+            fqdn_from_hosts(hosts, "web01").as_deref(),
+            Some("web01.example.com")
+        );
         assert_eq!(fqdn_from_hosts(hosts, "db01"), None);
     }
 
@@ -300,7 +330,10 @@ mod tests {
 
     #[test]
     fn dmi_hyperv_needs_both_strings() {
-        let both = ["Microsoft Corporation".to_string(), "Virtual Machine".to_string()];
+        let both = [
+            "Microsoft Corporation".to_string(),
+            "Virtual Machine".to_string(),
+        ];
         assert_eq!(virtualization_from_dmi(&both), Some("microsoft"));
         assert_eq!(virtualization_from_dmi(&both[..1]), None);
         assert_eq!(virtualization_from_dmi(&["QEMU".to_string()]), Some("qemu"));

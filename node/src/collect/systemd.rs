@@ -103,9 +103,20 @@ impl UnitFile {
 
     /// Whether the `[Install]` section says how to enable the unit.
     pub fn has_install_info(&self) -> bool {
-        ["WantedBy", "RequiredBy", "UpheldBy", "Alias", "Also", "DefaultInstance"]
-            .iter()
-            .any(|key| self.get_all("Install", key).iter().any(|value| !value.trim().is_empty()))
+        [
+            "WantedBy",
+            "RequiredBy",
+            "UpheldBy",
+            "Alias",
+            "Also",
+            "DefaultInstance",
+        ]
+        .iter()
+        .any(|key| {
+            self.get_all("Install", key)
+                .iter()
+                .any(|value| !value.trim().is_empty())
+        })
     }
 }
 
@@ -130,20 +141,25 @@ pub fn parse_unit_file(text: &str) -> Parsed<UnitFile> {
         if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
             continue;
         }
-        if let Some(name) = line.strip_prefix('[').and_then(|rest| rest.strip_suffix(']')) {
+        if let Some(name) = line
+            .strip_prefix('[')
+            .and_then(|rest| rest.strip_suffix(']'))
+        {
             parsed.value.sections.push((name.to_string(), Vec::new()));
             continue;
         }
         let Some((key, value)) = line.split_once('=') else {
-            parsed
-                .problems
-                .push(format!("line {}: expected Key=Value or [Section]", index + 1));
+            parsed.problems.push(format!(
+                "line {}: expected Key=Value or [Section]",
+                index + 1
+            ));
             continue;
         };
         let Some((_, entries)) = parsed.value.sections.last_mut() else {
-            parsed
-                .problems
-                .push(format!("line {}: assignment before the first section", index + 1));
+            parsed.problems.push(format!(
+                "line {}: assignment before the first section",
+                index + 1
+            ));
             continue;
         };
         entries.push((key.trim().to_string(), value.trim().to_string()));
@@ -153,7 +169,10 @@ pub fn parse_unit_file(text: &str) -> Parsed<UnitFile> {
 
 /// Whether `name` is a unit name of a recorded type.
 pub fn is_unit_name(name: &str) -> bool {
-    !name.starts_with('.') && UNIT_SUFFIXES.iter().any(|suffix| name.len() > suffix.len() && name.ends_with(suffix))
+    !name.starts_with('.')
+        && UNIT_SUFFIXES
+            .iter()
+            .any(|suffix| name.len() > suffix.len() && name.ends_with(suffix))
 }
 
 /// Returns the template of an instance name (`getty@tty1.service` -> `getty@.service`).
@@ -203,7 +222,8 @@ pub fn scan_units(ctx: &Context, facts: &mut Facts, collector: &str) -> UnitScan
             }
         }
     }
-    scan.enabled_runtime.retain(|name| !scan.enabled.contains(name));
+    scan.enabled_runtime
+        .retain(|name| !scan.enabled.contains(name));
     scan
 }
 
@@ -252,7 +272,10 @@ mod tests {
         let text = "[Unit]\nDescription=Test \\\n  service\n# comment\n[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n";
         let parsed = parse_unit_file(text);
         assert!(parsed.problems.is_empty());
-        assert_eq!(parsed.value.get("Unit", "Description"), Some("Test service"));
+        assert_eq!(
+            parsed.value.get("Unit", "Description"),
+            Some("Test service")
+        );
         assert!(parsed.value.has_install_info());
     }
 
@@ -267,7 +290,10 @@ mod tests {
         assert!(is_unit_name("ssh.service"));
         assert!(!is_unit_name("ssh.service.d"));
         assert!(!is_unit_name(".service"));
-        assert_eq!(template_of("getty@tty1.service").as_deref(), Some("getty@.service"));
+        assert_eq!(
+            template_of("getty@tty1.service").as_deref(),
+            Some("getty@.service")
+        );
         assert_eq!(template_of("getty@.service"), None);
         assert_eq!(template_of("ssh.service"), None);
     }

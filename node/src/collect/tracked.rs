@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 
 use super::context::Context;
 use super::redact::redact;
+use crate::collect::add_error;
 
 const NAME: &str = "tracked_files";
 
@@ -99,7 +100,11 @@ const FORBIDDEN_FILES: [&str; 5] = [
 /// Collects the default and configured files into `facts.tracked_files`.
 pub fn collect(ctx: &Context, facts: &mut Facts) {
     let defaults = expand_patterns(ctx, facts, DEFAULT_TRACKED_FILES.iter().copied());
-    let extras = expand_patterns(ctx, facts, ctx.extra_tracked_files().iter().map(String::as_str));
+    let extras = expand_patterns(
+        ctx,
+        facts,
+        ctx.extra_tracked_files().iter().map(String::as_str),
+    );
 
     for path in defaults.union(&extras) {
         if ctx.expired() {
@@ -123,7 +128,8 @@ fn expand_patterns<'a>(
     let mut paths = BTreeSet::new();
     for pattern in patterns {
         let Some(normal) = normalize(pattern) else {
-            facts.add_error(
+            add_error(
+                facts,
                 NAME,
                 Some(pattern),
                 "tracked paths must be absolute, such as /etc/app.conf or /etc/app.d/*",
@@ -136,7 +142,8 @@ fn expand_patterns<'a>(
         };
         let names = ctx.list_dir(facts, NAME, dir);
         if names.len() > DIRECTORY_FILES_MAX {
-            facts.add_error(
+            add_error(
+                facts,
                 NAME,
                 Some(&normal),
                 format!(
@@ -182,7 +189,8 @@ fn read_tracked(ctx: &Context, facts: &mut Facts, path: &str) -> Option<TrackedF
     let host = ctx.resolve(path);
     let target = ctx.machine_path(&host);
     if is_forbidden(path) || target.as_deref().is_some_and(is_forbidden) {
-        facts.add_error(
+        add_error(
+            facts,
             NAME,
             Some(path),
             "not tracked: the file holds password hashes, which are never read",
@@ -194,12 +202,17 @@ fn read_tracked(ctx: &Context, facts: &mut Facts, path: &str) -> Option<TrackedF
         Ok(meta) => meta,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Some(TrackedFile::default()),
         Err(err) => {
-            facts.add_error(NAME, Some(path), format!("stat failed: {err}"));
+            add_error(facts, NAME, Some(path), format!("stat failed: {err}"));
             return None;
         }
     };
     if !meta.is_file() {
-        facts.add_error(NAME, Some(path), "not a regular file, so it is not tracked");
+        add_error(
+            facts,
+            NAME,
+            Some(path),
+            "not a regular file, so it is not tracked",
+        );
         return None;
     }
 
@@ -218,7 +231,7 @@ fn read_tracked(ctx: &Context, facts: &mut Facts, path: &str) -> Option<TrackedF
             file.size = Some(size);
             file.content = text_content(path, head, size);
         }
-        Err(err) => facts.add_error(NAME, Some(path), format!("read failed: {err}")),
+        Err(err) => add_error(facts, NAME, Some(path), format!("read failed: {err}")),
     }
     Some(file)
 }
@@ -260,8 +273,14 @@ mod tests {
 
     #[test]
     fn normalize_paths() {
-        assert_eq!(normalize("/etc//ssh/./sshd_config").as_deref(), Some("/etc/ssh/sshd_config"));
-        assert_eq!(normalize("/etc/../etc/shadow").as_deref(), Some("/etc/shadow"));
+        assert_eq!(
+            normalize("/etc//ssh/./sshd_config").as_deref(),
+            Some("/etc/ssh/sshd_config")
+        );
+        assert_eq!(
+            normalize("/etc/../etc/shadow").as_deref(),
+            Some("/etc/shadow")
+        );
         assert_eq!(normalize("etc/hosts"), None);
     }
 }

@@ -21,6 +21,7 @@ use fleetmesh_model::facts::{Address, Dns, Interface, ListeningSocket, Route};
 use fleetmesh_model::Facts;
 
 use super::context::Context;
+use crate::collect::add_error;
 use procnet::{Ipv4Route, SocketEntry};
 
 const NAME: &str = "network";
@@ -38,7 +39,9 @@ pub fn collect(ctx: &Context, facts: &mut Facts) {
     let native_order = ctx.live();
 
     let ipv4_routes = match ctx.read_text(facts, NAME, "/proc/net/route") {
-        Some(text) => procnet::parse_route(&text, native_order).into_value(facts, NAME, "/proc/net/route"),
+        Some(text) => {
+            procnet::parse_route(&text, native_order).into_value(facts, NAME, "/proc/net/route")
+        }
         None => Vec::new(),
     };
 
@@ -114,14 +117,20 @@ fn add_ipv4_addresses(
                 continue;
             };
             let entry = interfaces.entry(interface).or_default();
-            insert_address(entry, "inet", address.to_string(), prefix_len, ipv4_scope(address));
+            insert_address(
+                entry,
+                "inet",
+                address.to_string(),
+                prefix_len,
+                ipv4_scope(address),
+            );
         }
         return;
     }
     if ctx.live() {
         match ctx.run_command("ip", &["-j", "-4", "addr", "show"], IP_COMMAND_TIMEOUT) {
             Ok(output) => add_ip_json_addresses(facts, &output, interfaces),
-            Err(message) => facts.add_error(NAME, None, message),
+            Err(message) => add_error(facts, NAME, None, message),
         }
     }
 }
@@ -151,7 +160,13 @@ fn ipv4_scope(address: Ipv4Addr) -> &'static str {
     }
 }
 
-fn insert_address(interface: &mut Interface, family: &str, address: String, prefix_len: u8, scope: &str) {
+fn insert_address(
+    interface: &mut Interface,
+    family: &str,
+    address: String,
+    prefix_len: u8,
+    scope: &str,
+) {
     interface.addresses.insert(
         format!("{address}/{prefix_len}"),
         Address {
@@ -164,11 +179,20 @@ fn insert_address(interface: &mut Interface, family: &str, address: String, pref
 }
 
 /// Adds the IPv4 addresses of `ip -j addr` output.
-fn add_ip_json_addresses(facts: &mut Facts, output: &str, interfaces: &mut BTreeMap<String, Interface>) {
+fn add_ip_json_addresses(
+    facts: &mut Facts,
+    output: &str,
+    interfaces: &mut BTreeMap<String, Interface>,
+) {
     let links: Vec<serde_json::Value> = match serde_json::from_str(output) {
         Ok(links) => links,
         Err(err) => {
-            facts.add_error(NAME, None, format!("ip -j addr printed invalid JSON: {err}"));
+            add_error(
+                facts,
+                NAME,
+                None,
+                format!("ip -j addr printed invalid JSON: {err}"),
+            );
             return;
         }
     };
@@ -176,12 +200,19 @@ fn add_ip_json_addresses(facts: &mut Facts, output: &str, interfaces: &mut BTree
         let Some(name) = link.get("ifname").and_then(|v| v.as_str()) else {
             continue;
         };
-        let infos = link.get("addr_info").and_then(|v| v.as_array()).cloned().unwrap_or_default();
+        let infos = link
+            .get("addr_info")
+            .and_then(|v| v.as_array())
+            .cloned()
+            .unwrap_or_default();
         for info in infos {
             let family = info.get("family").and_then(|v| v.as_str());
             let local = info.get("local").and_then(|v| v.as_str());
             let prefix_len = info.get("prefixlen").and_then(|v| v.as_u64());
-            let scope = info.get("scope").and_then(|v| v.as_str()).unwrap_or("global");
+            let scope = info
+                .get("scope")
+                .and_then(|v| v.as_str())
+                .unwrap_or("global");
             if let (Some("inet"), Some(local), Some(prefix_len)) = (family, local, prefix_len) {
                 let prefix_len = u8::try_from(prefix_len).unwrap_or(32);
                 let entry = interfaces.entry(name.to_string()).or_default();
@@ -191,7 +222,11 @@ fn add_ip_json_addresses(facts: &mut Facts, output: &str, interfaces: &mut BTree
     }
 }
 
-fn add_ipv6_addresses(ctx: &Context, facts: &mut Facts, interfaces: &mut BTreeMap<String, Interface>) {
+fn add_ipv6_addresses(
+    ctx: &Context,
+    facts: &mut Facts,
+    interfaces: &mut BTreeMap<String, Interface>,
+) {
     let path = "/proc/net/if_inet6";
     let Some(text) = ctx.read_text(facts, NAME, path) else {
         return;
@@ -201,20 +236,39 @@ fn add_ipv6_addresses(ctx: &Context, facts: &mut Facts, interfaces: &mut BTreeMa
             continue;
         }
         let interface = interfaces.entry(entry.interface).or_default();
-        insert_address(interface, "inet6", entry.address.to_string(), entry.prefix_len, &entry.scope);
+        insert_address(
+            interface,
+            "inet6",
+            entry.address.to_string(),
+            entry.prefix_len,
+            &entry.scope,
+        );
     }
 }
 
-fn read_routes(ctx: &Context, facts: &mut Facts, ipv4_routes: &[Ipv4Route]) -> BTreeMap<String, Route> {
+fn read_routes(
+    ctx: &Context,
+    facts: &mut Facts,
+    ipv4_routes: &[Ipv4Route],
+) -> BTreeMap<String, Route> {
     let mut routes = BTreeMap::new();
-    for route in ipv4_routes.iter().filter(|route| procnet::is_recorded_ipv4_route(route)) {
+    for route in ipv4_routes
+        .iter()
+        .filter(|route| procnet::is_recorded_ipv4_route(route))
+    {
         let destination = if route.destination.is_unspecified() && route.mask.is_unspecified() {
             "default".to_string()
         } else {
             format!("{}/{}", route.destination, route.prefix_len())
         };
         let gateway = route.has_gateway().then(|| route.gateway.to_string());
-        insert_route(&mut routes, destination, gateway, &route.interface, route.metric);
+        insert_route(
+            &mut routes,
+            destination,
+            gateway,
+            &route.interface,
+            route.metric,
+        );
     }
 
     let path = "/proc/net/ipv6_route";
@@ -229,7 +283,13 @@ fn read_routes(ctx: &Context, facts: &mut Facts, ipv4_routes: &[Ipv4Route]) -> B
                 format!("{}/{}", route.destination, route.prefix_len)
             };
             let gateway = (!route.next_hop.is_unspecified()).then(|| route.next_hop.to_string());
-            insert_route(&mut routes, destination, gateway, &route.interface, route.metric);
+            insert_route(
+                &mut routes,
+                destination,
+                gateway,
+                &route.interface,
+                route.metric,
+            );
         }
     }
     routes
@@ -297,7 +357,11 @@ pub fn parse_resolv_conf(text: &str) -> Dns {
     dns
 }
 
-fn read_listening(ctx: &Context, facts: &mut Facts, native_order: bool) -> BTreeMap<String, ListeningSocket> {
+fn read_listening(
+    ctx: &Context,
+    facts: &mut Facts,
+    native_order: bool,
+) -> BTreeMap<String, ListeningSocket> {
     let tables = [
         ("tcp", "/proc/net/tcp", false, TCP_LISTEN),
         ("tcp6", "/proc/net/tcp6", true, TCP_LISTEN),
@@ -379,7 +443,10 @@ fn socket_owners(ctx: &Context, facts: &mut Facts) -> BTreeMap<u64, String> {
                 continue;
             }
             let process = name
-                .get_or_insert_with(|| ctx.read_attribute(&format!("/proc/{pid}/comm")).unwrap_or_default())
+                .get_or_insert_with(|| {
+                    ctx.read_attribute(&format!("/proc/{pid}/comm"))
+                        .unwrap_or_default()
+                })
                 .clone();
             owners.insert(inode, process);
         }

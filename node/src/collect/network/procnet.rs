@@ -348,6 +348,9 @@ mod tests {
     #[test]
     fn fib_trie_local_addresses() {
         let text = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 0.0.0.0\n        /0 universe UNICAST\n     |-- 192.0.2.10\n        /32 host LOCAL\nLocal:\n     |-- 192.0.2.10\n        /32 host LOCAL\n     |-- 192.0.2.255\n        /32 link BROADCAST\n";
-        assert_eq!(parse_fib_trie_local(text), vec![Ipv4Addr::new(192, 0, 2, 10)]);
+        assert_eq!(
+            parse_fib_trie_local(text),
+            vec![Ipv4Addr::new(192, 0, 2, 10)]
+        );
     }
 }

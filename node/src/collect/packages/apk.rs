@@ -19,7 +19,10 @@ const INSTALLED: &str = "/lib/apk/db/installed";
 /// Adds the installed apk packages to `packages`.
 pub fn collect(ctx: &Context, facts: &mut Facts, packages: &mut BTreeMap<String, Package>) {
     if let Some(text) = ctx.read_text(facts, NAME, INSTALLED) {
-        insert_all(packages, parse_installed(&text).into_value(facts, NAME, INSTALLED));
+        insert_all(
+            packages,
+            parse_installed(&text).into_value(facts, NAME, INSTALLED),
+        );
     }
 }
 
@@ -60,9 +63,9 @@ pub fn parse_installed(text: &str) -> Parsed<Vec<Package>> {
 
 fn finish(first_line: usize, mut package: Package, parsed: &mut Parsed<Vec<Package>>) {
     if package.name.is_empty() || package.version.is_empty() {
-        parsed
-            .problems
-            .push(format!("record at line {first_line} has no P: name or V: version"));
+        parsed.problems.push(format!(
+            "record at line {first_line} has no P: name or V: version"
+        ));
         return;
     }
     if package.source.as_deref() == Some(package.name.as_str()) {

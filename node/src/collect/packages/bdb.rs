@@ -69,9 +69,9 @@ pub fn read_hash_values(bytes: &[u8]) -> Parsed<Vec<Vec<u8>>> {
     };
     let page_size = order.u32(bytes, 20).unwrap_or(0) as usize;
     if !PAGE_SIZE_RANGE.contains(&page_size) || !page_size.is_power_of_two() {
-        parsed
-            .problems
-            .push(format!("unsupported rpmdb format: invalid page size {page_size}"));
+        parsed.problems.push(format!(
+            "unsupported rpmdb format: invalid page size {page_size}"
+        ));
         return parsed;
     }
     if bytes.get(25) != Some(&PAGE_TYPE_HASH_META) {
@@ -118,12 +118,16 @@ fn read_item(
     order: Order,
 ) -> Result<Option<Vec<u8>>, String> {
     let offset_at = PAGE_HEADER_LEN + item * 2;
-    let start = order.u16(page, offset_at).ok_or("item offset lies past the page")? as usize;
+    let start = order
+        .u16(page, offset_at)
+        .ok_or("item offset lies past the page")? as usize;
     // Items fill the page from its end, so an item ends where the one before it starts.
     let end = if item == 0 {
         page_size
     } else {
-        order.u16(page, offset_at - 2).ok_or("item offset lies past the page")? as usize
+        order
+            .u16(page, offset_at - 2)
+            .ok_or("item offset lies past the page")? as usize
     };
     let data = page
         .get(start..end)
@@ -151,18 +155,24 @@ fn read_overflow(
 ) -> Result<Vec<u8>, String> {
     let page_count = file.len() / page_size;
     if total > file.len() {
-        return Err(format!("overflow value of {total} bytes is larger than the file"));
+        return Err(format!(
+            "overflow value of {total} bytes is larger than the file"
+        ));
     }
     let mut value = Vec::with_capacity(total);
     let mut page_number = first_page;
     // Each page is visited at most once, which also stops a chain that loops.
     for _ in 0..page_count {
         if page_number == 0 || page_number >= page_count {
-            return Err(format!("overflow chain points to page {page_number}, past the file"));
+            return Err(format!(
+                "overflow chain points to page {page_number}, past the file"
+            ));
         }
         let page = &file[page_number * page_size..(page_number + 1) * page_size];
         if page[25] != PAGE_TYPE_OVERFLOW {
-            return Err(format!("overflow chain reaches page {page_number}, which is no overflow page"));
+            return Err(format!(
+                "overflow chain reaches page {page_number}, which is no overflow page"
+            ));
         }
         let length = order.u16(page, 22).unwrap_or(0) as usize;
         let chunk = page

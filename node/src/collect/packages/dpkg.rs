@@ -69,7 +69,9 @@ pub fn parse_status(text: &str, require_status: bool) -> Parsed<Vec<Package>> {
             continue;
         }
         let Some((key, value)) = line.split_once(':') else {
-            parsed.problems.push(format!("line {}: expected Field: value", index + 1));
+            parsed
+                .problems
+                .push(format!("line {}: expected Field: value", index + 1));
             continue;
         };
         let value = value.trim();
@@ -110,9 +112,9 @@ fn finish_stanza(stanza: Stanza, require_status: bool, parsed: &mut Parsed<Vec<P
         return;
     }
     let Some(full_version) = stanza.version.filter(|version| !version.is_empty()) else {
-        parsed
-            .problems
-            .push(format!("package {name} at line {line} has no Version field"));
+        parsed.problems.push(format!(
+            "package {name} at line {line} has no Version field"
+        ));
         return;
     };
 
@@ -162,12 +164,18 @@ mod tests {
         assert_eq!(package.version, "3.0.11-1~deb12u2");
         assert_eq!(package.source, None);
         assert_eq!(package.key(), "openssl:amd64");
-        assert_eq!(parsed.problems, vec!["stanza at line 13 has no Package field"]);
+        assert_eq!(
+            parsed.problems,
+            vec!["stanza at line 13 has no Package field"]
+        );
     }
 
     #[test]
     fn status_d_without_status_field() {
-        let parsed = parse_status("Package: base-files\nVersion: 12.4\nArchitecture: amd64\nSource: base\n", false);
+        let parsed = parse_status(
+            "Package: base-files\nVersion: 12.4\nArchitecture: amd64\nSource: base\n",
+            false,
+        );
         assert_eq!(parsed.value.len(), 1);
         assert_eq!(parsed.value[0].source.as_deref(), Some("base"));
     }

@@ -54,9 +54,10 @@ pub fn read_blobs(bytes: &[u8]) -> Parsed<Vec<(u32, &[u8])>> {
         let slot = &bytes[at..at + SLOT_LEN];
         at += SLOT_LEN;
         if &slot[..4] != SLOT_MAGIC {
-            parsed
-                .problems
-                .push(format!("slot at offset {} has no Slot magic", at - SLOT_LEN));
+            parsed.problems.push(format!(
+                "slot at offset {} has no Slot magic",
+                at - SLOT_LEN
+            ));
             continue;
         }
         let index = read_u32_le(slot, 4).unwrap_or(0);
@@ -73,7 +74,12 @@ pub fn read_blobs(bytes: &[u8]) -> Parsed<Vec<(u32, &[u8])>> {
     parsed
 }
 
-fn read_blob(bytes: &[u8], index: u32, block_offset: usize, block_count: usize) -> Result<&[u8], String> {
+fn read_blob(
+    bytes: &[u8],
+    index: u32,
+    block_offset: usize,
+    block_count: usize,
+) -> Result<&[u8], String> {
     let start = block_offset.saturating_mul(BLOCK_LEN);
     let end = start.saturating_add(block_count.saturating_mul(BLOCK_LEN));
     let area = bytes
@@ -88,7 +94,9 @@ fn read_blob(bytes: &[u8], index: u32, block_offset: usize, block_count: usize) 
     let length = read_u32_le(area, 12).unwrap_or(u32::MAX) as usize;
     let tail_at = area.len() - BLOB_TAIL_LEN;
     if BLOB_HEAD_LEN.saturating_add(length) > tail_at {
-        return Err(format!("blob length {length} does not fit its {block_count} blocks"));
+        return Err(format!(
+            "blob length {length} does not fit its {block_count} blocks"
+        ));
     }
     let tail = &area[tail_at..];
     if &tail[8..12] != BLOB_END_MAGIC || read_u32_le(tail, 4) != Some(length as u32) {

@@ -12,6 +12,7 @@ use fleetmesh_model::Facts;
 
 use super::dpkg::split_epoch;
 use super::insert_all;
+use crate::collect::add_error;
 use crate::collect::context::Context;
 
 const NAME: &str = "packages.pacman";
@@ -36,7 +37,7 @@ pub fn collect(ctx: &Context, facts: &mut Facts, packages: &mut BTreeMap<String,
         };
         match parse_desc(&text) {
             Ok(package) => insert_all(packages, vec![package]),
-            Err(reason) => facts.add_error(NAME, Some(&path), reason),
+            Err(reason) => add_error(facts, NAME, Some(&path), reason),
         }
     }
 }

@@ -17,6 +17,7 @@ use fleetmesh_model::Facts;
 use rusqlite::{Connection, OpenFlags};
 
 use super::{bdb, insert_all, ndb};
+use crate::collect::add_error;
 use crate::collect::context::{Context, ReadError};
 use crate::collect::Parsed;
 
@@ -72,7 +73,7 @@ fn read_file(ctx: &Context, facts: &mut Facts, path: &str) -> Option<Vec<u8>> {
         Ok(bytes) => Some(bytes),
         Err(ReadError::NotFound) => None,
         Err(ReadError::Failed(message)) => {
-            facts.add_error(NAME, Some(path), message);
+            add_error(facts, NAME, Some(path), message);
             None
         }
     }
@@ -91,7 +92,10 @@ fn read_bdb(ctx: &Context, facts: &mut Facts, path: &str) -> Option<Vec<Package>
 /// Parses the packages of an NDB `Packages.db`.
 pub fn parse_ndb(bytes: &[u8]) -> Parsed<Vec<Package>> {
     let blobs = ndb::read_blobs(bytes);
-    parse_headers(blobs.value.iter().map(|(index, blob)| (*index, *blob)), blobs.problems)
+    parse_headers(
+        blobs.value.iter().map(|(index, blob)| (*index, *blob)),
+        blobs.problems,
+    )
 }
 
 /// Parses the packages of a Berkeley DB `Packages`.
@@ -136,10 +140,18 @@ fn parse_headers<'a>(
 fn read_sqlite(ctx: &Context, facts: &mut Facts, path: &str) -> Option<Vec<Package>> {
     let host = ctx.resolve(path);
     let Some(host) = host.to_str() else {
-        facts.add_error(NAME, Some(path), "path is not UTF-8, so SQLite cannot open it");
+        add_error(
+            facts,
+            NAME,
+            Some(path),
+            "path is not UTF-8, so SQLite cannot open it",
+        );
         return None;
     };
-    let escaped = host.replace('%', "%25").replace('?', "%3f").replace('#', "%23");
+    let escaped = host
+        .replace('%', "%25")
+        .replace('?', "%3f")
+        .replace('#', "%23");
 
     let attempts: &[&str] = if ctx.live() {
         &["mode=ro", "immutable=1"]
@@ -150,18 +162,27 @@ fn read_sqlite(ctx: &Context, facts: &mut Facts, path: &str) -> Option<Vec<Packa
     for parameters in attempts {
         match query_sqlite_blobs(&format!("file:{escaped}?{parameters}")) {
             Ok((blobs, query_error)) => {
-                let mut parsed = parse_headers(blobs.iter().map(|(hnum, blob)| (*hnum, blob.as_slice())), Vec::new());
+                let mut parsed = parse_headers(
+                    blobs.iter().map(|(hnum, blob)| (*hnum, blob.as_slice())),
+                    Vec::new(),
+                );
                 if let Some(error) = query_error {
-                    parsed
-                        .problems
-                        .push(format!("reading stopped after {} records: {error}", blobs.len()));
+                    parsed.problems.push(format!(
+                        "reading stopped after {} records: {error}",
+                        blobs.len()
+                    ));
                 }
                 return Some(parsed.into_value(facts, NAME, path));
             }
             Err(err) => last_error = err,
         }
     }
-    facts.add_error(NAME, Some(path), format!("SQLite database could not be read: {last_error}"));
+    add_error(
+        facts,
+        NAME,
+        Some(path),
+        format!("SQLite database could not be read: {last_error}"),
+    );
     None
 }
 
@@ -169,7 +190,9 @@ fn read_sqlite(ctx: &Context, facts: &mut Facts, path: &str) -> Option<Vec<Packa
 /// Fails when the database cannot be opened or queried at all.
 #[allow(clippy::type_complexity)]
 fn query_sqlite_blobs(uri: &str) -> Result<(Vec<(u32, Vec<u8>)>, Option<String>), String> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let connection = Connection::open_with_flags(uri, flags).map_err(|err| err.to_string())?;
     let mut statement = connection
         .prepare("SELECT hnum, blob FROM Packages ORDER BY hnum")
@@ -203,18 +226,32 @@ pub fn parse_header(blob: &[u8]) -> Result<Package, String> {
     let index_count = read_u32_be(blob, 0).ok_or("blob is shorter than 8 bytes")? as usize;
     let data_len = read_u32_be(blob, 4).ok_or("blob is shorter than 8 bytes")? as usize;
     if index_count == 0 || index_count > HEADER_TAGS_MAX || data_len > HEADER_DATA_MAX {
-        return Err(format!("implausible header size ({index_count} tags, {data_len} data bytes)"));
+        return Err(format!(
+            "implausible header size ({index_count} tags, {data_len} data bytes)"
+        ));
     }
     let data_start = 8 + index_count * 16;
-    let data = blob
-        .get(data_start..data_start + data_len)
-        .ok_or_else(|| format!("blob of {} bytes is shorter than its header says", blob.len()))?;
+    let data = blob.get(data_start..data_start + data_len).ok_or_else(|| {
+        format!(
+            "blob of {} bytes is shorter than its header says",
+            blob.len()
+        )
+    })?;
 
     let mut entries = Vec::with_capacity(8);
     for i in 0..index_count {
         let at = 8 + i * 16;
         let tag = read_u32_be(blob, at).unwrap_or(0);
-        if matches!(tag, TAG_NAME | TAG_VERSION | TAG_RELEASE | TAG_EPOCH | TAG_INSTALLTIME | TAG_ARCH | TAG_SOURCERPM) {
+        if matches!(
+            tag,
+            TAG_NAME
+                | TAG_VERSION
+                | TAG_RELEASE
+                | TAG_EPOCH
+                | TAG_INSTALLTIME
+                | TAG_ARCH
+                | TAG_SOURCERPM
+        ) {
             entries.push(IndexEntry {
                 tag,
                 kind: read_u32_be(blob, at + 4).unwrap_or(0),
@@ -224,7 +261,10 @@ pub fn parse_header(blob: &[u8]) -> Result<Package, String> {
     }
     let string = |tag: u32| -> Option<String> {
         let entry = entries.iter().find(|entry| entry.tag == tag)?;
-        if !matches!(entry.kind, TYPE_STRING | TYPE_STRING_ARRAY | TYPE_I18NSTRING) {
+        if !matches!(
+            entry.kind,
+            TYPE_STRING | TYPE_STRING_ARRAY | TYPE_I18NSTRING
+        ) {
             return None;
         }
         let rest = data.get(entry.offset..)?;
@@ -236,9 +276,13 @@ pub fn parse_header(blob: &[u8]) -> Result<Package, String> {
         (entry.kind == TYPE_INT32).then(|| read_u32_be(data, entry.offset))?
     };
 
-    let name = string(TAG_NAME).filter(|name| !name.is_empty()).ok_or("no NAME tag")?;
-    let version = string(TAG_VERSION).ok_or_else(|| format!("package {name} has no VERSION tag"))?;
-    let release = string(TAG_RELEASE).ok_or_else(|| format!("package {name} has no RELEASE tag"))?;
+    let name = string(TAG_NAME)
+        .filter(|name| !name.is_empty())
+        .ok_or("no NAME tag")?;
+    let version =
+        string(TAG_VERSION).ok_or_else(|| format!("package {name} has no VERSION tag"))?;
+    let release =
+        string(TAG_RELEASE).ok_or_else(|| format!("package {name} has no RELEASE tag"))?;
     let source = string(TAG_SOURCERPM)
         .and_then(|rpm| source_name(&rpm))
         .filter(|source| *source != name);
@@ -262,7 +306,10 @@ pub fn source_name(file_name: &str) -> Option<String> {
     let mut parts = stem.rsplitn(3, '-');
     let _release = parts.next()?;
     let _version = parts.next()?;
-    parts.next().filter(|name| !name.is_empty()).map(str::to_string)
+    parts
+        .next()
+        .filter(|name| !name.is_empty())
+        .map(str::to_string)
 }
 
 fn read_u32_be(bytes: &[u8], at: usize) -> Option<u32> {
@@ -306,7 +353,11 @@ mod tests {
             (TAG_VERSION, TYPE_STRING, text("7.76.0")),
             (TAG_RELEASE, TYPE_STRING, text("6.cm2")),
             (TAG_ARCH, TYPE_STRING, text("x86_64")),
-            (TAG_SOURCERPM, TYPE_STRING, text("curl-7.76.0-6.cm2.src.rpm")),
+            (
+                TAG_SOURCERPM,
+                TYPE_STRING,
+                text("curl-7.76.0-6.cm2.src.rpm"),
+            ),
             (TAG_EPOCH, TYPE_INT32, 2u32.to_be_bytes().to_vec()),
         ]);
         let package = parse_header(&blob).expect("valid header");
@@ -325,8 +376,14 @@ mod tests {
 
     #[test]
     fn source_rpm_names() {
-        assert_eq!(source_name("glibc-2.31-9.3.2.src.rpm").as_deref(), Some("glibc"));
-        assert_eq!(source_name("python-rpm-macros-3-1.nosrc.rpm").as_deref(), Some("python-rpm-macros"));
+        assert_eq!(
+            source_name("glibc-2.31-9.3.2.src.rpm").as_deref(),
+            Some("glibc")
+        );
+        assert_eq!(
+            source_name("python-rpm-macros-3-1.nosrc.rpm").as_deref(),
+            Some("python-rpm-macros")
+        );
         assert_eq!(source_name("bad.src.rpm"), None);
     }
 }
