@@ -11,11 +11,16 @@
 //! maps in a few dozen bytes when they agree.
 
 pub mod engine;
+pub mod mem;
 pub mod message;
+mod pending;
 pub mod recon;
+#[cfg(test)]
+mod test_support;
 
-pub use engine::{Action, Config, Engine, LocalInfo, PeerInfo, Stats};
-pub use message::{Message, MessageError};
+pub use engine::{Action, Config, Engine, KindCounters, LocalInfo, PeerInfo, Stats};
+pub use mem::{MemStore, MemStoreError};
+pub use message::{Message, MessageError, MessageKind, RangeEntry};
 pub use recon::{ChainHead, ChainIndex, Fingerprint, Prefix, ReconIndex};
 
 use fleetmesh_model::{ChangeHash, DocId, NodeId, SignedChange, VerifyError};
