@@ -6,6 +6,7 @@
 pub mod document;
 pub mod facts;
 pub mod ids;
+pub mod membership;
 pub mod signed;
 mod tree;
 
