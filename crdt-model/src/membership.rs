@@ -223,7 +223,9 @@ pub enum MembershipError {
         reason: String,
     },
     /// A join token's secret key does not belong to its enrollment record.
-    #[error("invalid join token: its secret key does not match its enrollment key; ask for a new token")]
+    #[error(
+        "invalid join token: its secret key does not match its enrollment key; ask for a new token"
+    )]
     KeyMismatch,
     /// A member may not write a document, or an issuer may not revoke.
     #[error("node {author} may not write {target}: {reason}")]
@@ -349,13 +351,14 @@ impl FromStr for FleetId {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bytes = text::decode("fleet id", FLEET_ID_PREFIX, s, 128)?;
-        let key: [u8; 32] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| MembershipError::InvalidText {
-                kind: "fleet id",
-                reason: format!("it holds {} bytes, expected 32", bytes.len()),
-            })?;
+        let key: [u8; 32] =
+            bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| MembershipError::InvalidText {
+                    kind: "fleet id",
+                    reason: format!("it holds {} bytes, expected 32", bytes.len()),
+                })?;
         Ok(FleetId(key))
     }
 }

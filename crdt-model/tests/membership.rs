@@ -15,7 +15,9 @@ use fleetmesh_model::membership::{
     TokenValidity, CHAIN_LEN_MAX, CLOCK_SKEW_MAX_SECS, JOIN_TOKEN_PREFIX, REVOCATION_KEY_PREFIX,
     TENANTS_MAX, TOKEN_TEXT_LEN_MAX,
 };
-use fleetmesh_model::{DocId, DocKind, Facts, Identity, NodeDocument, NodeId, SignedChange, TenantId};
+use fleetmesh_model::{
+    DocId, DocKind, Facts, Identity, NodeDocument, NodeId, SignedChange, TenantId,
+};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -121,7 +123,10 @@ fn split_signature(signature: [u8; 64]) -> ([u8; 32], [u8; 32]) {
 
 /// Decodes the payload of a token text: `prefix | base32(payload | checksum)`.
 fn token_payload(text: &str) -> Vec<u8> {
-    let body = text.strip_prefix(JOIN_TOKEN_PREFIX).unwrap().to_ascii_uppercase();
+    let body = text
+        .strip_prefix(JOIN_TOKEN_PREFIX)
+        .unwrap()
+        .to_ascii_uppercase();
     let data = data_encoding::BASE32_NOPAD.decode(body.as_bytes()).unwrap();
     data[..data.len() - 4].to_vec()
 }
@@ -136,7 +141,9 @@ fn token_text(payload: &[u8]) -> String {
     data.extend_from_slice(&digest[..4]);
     format!(
         "{JOIN_TOKEN_PREFIX}{}",
-        data_encoding::BASE32_NOPAD.encode(&data).to_ascii_lowercase()
+        data_encoding::BASE32_NOPAD
+            .encode(&data)
+            .to_ascii_lowercase()
     )
 }
 
@@ -154,7 +161,8 @@ fn forge(
     edit: impl FnOnce(&mut CertificateMirror),
 ) -> CertificateChain {
     let mut mirror: ChainMirror = postcard::from_bytes(&chain.encode()).unwrap();
-    let mut certificate: CertificateMirror = postcard::from_bytes(&mirror.certificate_body).unwrap();
+    let mut certificate: CertificateMirror =
+        postcard::from_bytes(&mirror.certificate_body).unwrap();
     edit(&mut certificate);
     mirror.certificate_body = postcard::to_stdvec(&certificate).unwrap();
 
@@ -190,14 +198,25 @@ fn token_text_typo_is_checksum_error() {
     let typo: String = chars.into_iter().collect();
 
     let err = JoinToken::from_text(&typo).unwrap_err();
-    assert!(matches!(err, MembershipError::ChecksumMismatch { .. }), "{err}");
-    assert!(err.to_string().contains("copy the whole line again"), "{err}");
+    assert!(
+        matches!(err, MembershipError::ChecksumMismatch { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("copy the whole line again"),
+        "{err}"
+    );
 }
 
 #[test]
 fn token_text_truncated_fails() {
     let text = token(node_scope("acme")).to_text();
-    for len in [text.len() - 1, text.len() - 8, text.len() / 2, JOIN_TOKEN_PREFIX.len()] {
+    for len in [
+        text.len() - 1,
+        text.len() - 8,
+        text.len() / 2,
+        JOIN_TOKEN_PREFIX.len(),
+    ] {
         assert!(JoinToken::from_text(&text[..len]).is_err(), "length {len}");
     }
 }
@@ -228,7 +247,13 @@ fn token_debug_hides_secret() {
 #[test]
 fn token_with_foreign_secret_is_key_mismatch() {
     let first = token(node_scope("acme"));
-    let second = JoinToken::create(&root(), node_scope("acme"), validity(), &mut StdRng::seed_from_u64(8)).unwrap();
+    let second = JoinToken::create(
+        &root(),
+        node_scope("acme"),
+        validity(),
+        &mut StdRng::seed_from_u64(8),
+    )
+    .unwrap();
     let mut payload = token_payload(&first.to_text());
     let other = token_payload(&second.to_text());
     payload[1..33].copy_from_slice(&other[1..33]);
@@ -263,7 +288,10 @@ fn token_create_sorts_and_dedups_tenants() {
 #[test]
 fn token_create_rejects_node_with_tenants() {
     let err = Scope::new(tenant("acme"), "leeds", Role::Node, vec![tenant("globex")]).unwrap_err();
-    assert!(matches!(err, MembershipError::InvalidRequest { .. }), "{err}");
+    assert!(
+        matches!(err, MembershipError::InvalidRequest { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("operator"), "{err}");
 }
 
@@ -275,7 +303,9 @@ fn token_create_rejects_bad_site() {
 
 #[test]
 fn token_create_rejects_too_many_tenants() {
-    let tenants = (0..=TENANTS_MAX).map(|i| tenant(&format!("t{i}"))).collect();
+    let tenants = (0..=TENANTS_MAX)
+        .map(|i| tenant(&format!("t{i}")))
+        .collect();
     let err = Scope::new(tenant("msp"), "noc", Role::Operator, tenants).unwrap_err();
     assert!(err.to_string().contains("at most 128"), "{err}");
 }
@@ -283,9 +313,21 @@ fn token_create_rejects_too_many_tenants() {
 #[test]
 fn token_create_rejects_bad_windows() {
     let cases = [
-        TokenValidity { not_before: NOW, expires: NOW, certificate_expires: NOW + DAY },
-        TokenValidity { not_before: NOW, expires: NOW - 1, certificate_expires: NOW + DAY },
-        TokenValidity { not_before: NOW, expires: NOW + DAY, certificate_expires: NOW + HOUR },
+        TokenValidity {
+            not_before: NOW,
+            expires: NOW,
+            certificate_expires: NOW + DAY,
+        },
+        TokenValidity {
+            not_before: NOW,
+            expires: NOW - 1,
+            certificate_expires: NOW + DAY,
+        },
+        TokenValidity {
+            not_before: NOW,
+            expires: NOW + DAY,
+            certificate_expires: NOW + HOUR,
+        },
     ];
     for validity in cases {
         let result = JoinToken::create(&root(), node_scope("acme"), validity, &mut rng());
@@ -305,13 +347,21 @@ fn enroll_gives_verifying_chain() {
     let chain = token.enroll(node_of(&node_key), NOW + HOUR).unwrap();
 
     let member = chain
-        .verify(&fleet(), &node_of(&node_key), NOW + HOUR, &RevocationSet::new())
+        .verify(
+            &fleet(),
+            &node_of(&node_key),
+            NOW + HOUR,
+            &RevocationSet::new(),
+        )
         .unwrap();
     assert_eq!(member.node, node_of(&node_key));
     assert_eq!(member.tenant, tenant("acme"));
     assert_eq!(member.site, "leeds");
     assert_eq!(member.role, Role::Node);
-    assert_eq!(member.tenants.iter().collect::<Vec<_>>(), vec![&tenant("acme")]);
+    assert_eq!(
+        member.tenants.iter().collect::<Vec<_>>(),
+        vec![&tenant("acme")]
+    );
     assert_eq!(member.expires, NOW + 365 * DAY);
     assert_eq!(member.token_id, token.id());
     assert_eq!(chain.certificate().issued_at, NOW + HOUR);
@@ -353,7 +403,16 @@ fn enroll_after_expiry_is_expired() {
     let err = token(node_scope("acme"))
         .enroll(node_of(&key(10)), NOW + DAY)
         .unwrap_err();
-    assert!(matches!(err, MembershipError::Expired { kind: "join token", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            MembershipError::Expired {
+                kind: "join token",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("fleetmesh fleet token"), "{err}");
 }
 
@@ -395,7 +454,16 @@ fn verify_rejects_wrong_node() {
 fn verify_rejects_expired_certificate() {
     let (_, chain) = enroll(10, node_scope("acme"));
     let err = verify(&chain, NOW + 365 * DAY).unwrap_err();
-    assert!(matches!(err, MembershipError::Expired { kind: "certificate", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            MembershipError::Expired {
+                kind: "certificate",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -417,7 +485,10 @@ fn verify_rejects_enrollment_signed_by_other_root() {
     let forged = CertificateChain::decode(&postcard::to_stdvec(&mirror).unwrap()).unwrap();
 
     let err = verify(&forged, NOW).unwrap_err();
-    assert!(matches!(err, MembershipError::BadSignature { kind: "enrollment" }), "{err}");
+    assert!(
+        matches!(err, MembershipError::BadSignature { kind: "enrollment" }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -433,8 +504,12 @@ fn forged_certificate_unchanged_still_verifies() {
 fn verify_rejects_certificate_beyond_token_scope() {
     type Edit = fn(&mut CertificateMirror);
     let cases: [(Scope, &str, Edit); 6] = [
-        (node_scope("acme"), "tenant", |c| c.scope.tenant = "globex".to_string()),
-        (node_scope("acme"), "site", |c| c.scope.site = "york".to_string()),
+        (node_scope("acme"), "tenant", |c| {
+            c.scope.tenant = "globex".to_string()
+        }),
+        (node_scope("acme"), "site", |c| {
+            c.scope.site = "york".to_string()
+        }),
         (node_scope("acme"), "role", |c| c.scope.role = 1),
         (operator_scope("msp", &["acme"]), "tenants", |c| {
             c.scope.tenants.push("globex".to_string());
@@ -510,12 +585,20 @@ fn chain_of_maximum_scope_fits_limits() {
     };
     let token = JoinToken::create(&root(), scope, validity, &mut rng()).unwrap();
     let text = token.to_text();
-    assert!(text.len() <= TOKEN_TEXT_LEN_MAX, "token text is {} characters", text.len());
+    assert!(
+        text.len() <= TOKEN_TEXT_LEN_MAX,
+        "token text is {} characters",
+        text.len()
+    );
     assert!(JoinToken::from_text(&text).is_ok());
 
     let chain = token.enroll(node_of(&key(10)), NOW).unwrap();
     let bytes = chain.encode();
-    assert!(bytes.len() <= CHAIN_LEN_MAX, "chain is {} bytes", bytes.len());
+    assert!(
+        bytes.len() <= CHAIN_LEN_MAX,
+        "chain is {} bytes",
+        bytes.len()
+    );
     assert_eq!(CertificateChain::decode(&bytes).unwrap(), chain);
     assert!(verify(&chain, NOW).is_ok());
 }
@@ -542,7 +625,14 @@ fn chain_decode_rejects_future_version() {
     bytes[0] = 9;
     let err = CertificateChain::decode(&bytes).unwrap_err();
     assert!(
-        matches!(err, MembershipError::UnsupportedVersion { version: 9, supported: 1, .. }),
+        matches!(
+            err,
+            MembershipError::UnsupportedVersion {
+                version: 9,
+                supported: 1,
+                ..
+            }
+        ),
         "{err}"
     );
 }
@@ -552,7 +642,10 @@ fn chain_decode_rejects_truncation() {
     let (_, chain) = enroll(10, node_scope("acme"));
     let bytes = chain.encode();
     for len in 0..bytes.len() {
-        assert!(CertificateChain::decode(&bytes[..len]).is_err(), "length {len}");
+        assert!(
+            CertificateChain::decode(&bytes[..len]).is_err(),
+            "length {len}"
+        );
     }
 }
 
@@ -579,8 +672,11 @@ fn operator_revokes(target: RevocationTarget) -> SignedRevocation {
 fn revocation_by_operator_revokes_node() {
     let (_, chain) = enroll(10, node_scope("acme"));
     let mut set = RevocationSet::new();
-    set.insert(&fleet(), &operator_revokes(RevocationTarget::Node(chain.node())))
-        .unwrap();
+    set.insert(
+        &fleet(),
+        &operator_revokes(RevocationTarget::Node(chain.node())),
+    )
+    .unwrap();
 
     assert!(set.is_revoked(&chain));
     let err = chain
@@ -595,7 +691,11 @@ fn revocation_by_operator_revokes_node() {
 #[test]
 fn revocation_by_root_needs_no_chain() {
     let (_, chain) = enroll(10, node_scope("acme"));
-    let record = revocation("acme", RevocationTarget::Node(chain.node()), fleet().as_node());
+    let record = revocation(
+        "acme",
+        RevocationTarget::Node(chain.node()),
+        fleet().as_node(),
+    );
     let signed = SignedRevocation::sign(record, &root(), None).unwrap();
     let mut set = RevocationSet::new();
     set.insert(&fleet(), &signed).unwrap();
@@ -605,25 +705,43 @@ fn revocation_by_root_needs_no_chain() {
 #[test]
 fn revocation_by_plain_node_is_rejected() {
     let (node_key, node_chain) = enroll(10, node_scope("acme"));
-    let record = revocation("acme", RevocationTarget::Node(node_of(&key(11))), node_of(&node_key));
+    let record = revocation(
+        "acme",
+        RevocationTarget::Node(node_of(&key(11))),
+        node_of(&node_key),
+    );
     let signed = SignedRevocation::sign(record, &node_key, Some(node_chain)).unwrap();
     let err = RevocationSet::new().insert(&fleet(), &signed).unwrap_err();
-    assert!(matches!(err, MembershipError::NotAuthorized { .. }), "{err}");
+    assert!(
+        matches!(err, MembershipError::NotAuthorized { .. }),
+        "{err}"
+    );
 }
 
 #[test]
 fn revocation_by_operator_of_other_tenant_is_rejected() {
     let (operator_key, operator_chain) = enroll(20, operator_scope("msp", &["globex"]));
-    let record = revocation("acme", RevocationTarget::Node(node_of(&key(10))), node_of(&operator_key));
+    let record = revocation(
+        "acme",
+        RevocationTarget::Node(node_of(&key(10))),
+        node_of(&operator_key),
+    );
     let signed = SignedRevocation::sign(record, &operator_key, Some(operator_chain)).unwrap();
     let err = RevocationSet::new().insert(&fleet(), &signed).unwrap_err();
-    assert!(matches!(err, MembershipError::NotAuthorized { .. }), "{err}");
+    assert!(
+        matches!(err, MembershipError::NotAuthorized { .. }),
+        "{err}"
+    );
 }
 
 #[test]
 fn revocation_without_chain_is_rejected() {
     let operator_key = key(20);
-    let record = revocation("acme", RevocationTarget::Node(node_of(&key(10))), node_of(&operator_key));
+    let record = revocation(
+        "acme",
+        RevocationTarget::Node(node_of(&key(10))),
+        node_of(&operator_key),
+    );
     let signed = SignedRevocation::sign(record, &operator_key, None).unwrap();
     let err = RevocationSet::new().insert(&fleet(), &signed).unwrap_err();
     assert!(err.to_string().contains("no certificate chain"), "{err}");
@@ -649,18 +767,25 @@ fn revocation_issuer_checked_at_issue_time() {
         certificate_expires: NOW + 2 * HOUR,
     };
     let operator_key = key(20);
-    let operator_chain = JoinToken::create(&root(), operator_scope("msp", &["acme"]), short, &mut rng())
-        .unwrap()
-        .enroll(node_of(&operator_key), NOW)
-        .unwrap();
+    let operator_chain =
+        JoinToken::create(&root(), operator_scope("msp", &["acme"]), short, &mut rng())
+            .unwrap()
+            .enroll(node_of(&operator_key), NOW)
+            .unwrap();
     let sign_at = |issued_at| {
-        let mut record = revocation("acme", RevocationTarget::Node(node_of(&key(10))), node_of(&operator_key));
+        let mut record = revocation(
+            "acme",
+            RevocationTarget::Node(node_of(&key(10))),
+            node_of(&operator_key),
+        );
         record.issued_at = issued_at;
         SignedRevocation::sign(record, &operator_key, Some(operator_chain.clone())).unwrap()
     };
 
     // Issued while the issuer was valid: stays in force, whatever time the reader's clock shows.
-    assert!(RevocationSet::new().insert(&fleet(), &sign_at(NOW + HOUR)).is_ok());
+    assert!(RevocationSet::new()
+        .insert(&fleet(), &sign_at(NOW + HOUR))
+        .is_ok());
 
     // Issued after the issuer's certificate expired: rejected.
     let err = RevocationSet::new()
@@ -679,7 +804,10 @@ fn revocation_sign_rejects_bad_requests() {
     let target = RevocationTarget::Node(node_of(&key(10)));
 
     let wrong_key = SignedRevocation::sign(revocation("acme", target, issuer), &key(21), None);
-    assert!(matches!(wrong_key, Err(MembershipError::InvalidRequest { .. })));
+    assert!(matches!(
+        wrong_key,
+        Err(MembershipError::InvalidRequest { .. })
+    ));
 
     let mut long = revocation("acme", target, issuer);
     long.reason = "x".repeat(257);
@@ -690,8 +818,15 @@ fn revocation_sign_rejects_bad_requests() {
     assert!(SignedRevocation::sign(control, &operator_key, None).is_err());
 
     let (_, other_chain) = enroll(30, operator_scope("msp", &["acme"]));
-    let mismatched = SignedRevocation::sign(revocation("acme", target, issuer), &operator_key, Some(other_chain));
-    assert!(matches!(mismatched, Err(MembershipError::InvalidRequest { .. })));
+    let mismatched = SignedRevocation::sign(
+        revocation("acme", target, issuer),
+        &operator_key,
+        Some(other_chain),
+    );
+    assert!(matches!(
+        mismatched,
+        Err(MembershipError::InvalidRequest { .. })
+    ));
 }
 
 #[test]
@@ -747,7 +882,9 @@ fn revocation_applies_only_to_members_of_its_tenant() {
     let mut set = RevocationSet::new();
     set.insert(&fleet(), &signed).unwrap();
 
-    let in_globex = token(node_scope("globex")).enroll(node_of(&node_key), NOW).unwrap();
+    let in_globex = token(node_scope("globex"))
+        .enroll(node_of(&node_key), NOW)
+        .unwrap();
     let serving_acme = token(operator_scope("msp", &["acme"]))
         .enroll(node_of(&node_key), NOW)
         .unwrap();
@@ -760,11 +897,17 @@ fn revocation_set_extend_is_union() {
     let (_, first) = enroll(10, node_scope("acme"));
     let (_, second) = enroll(11, node_scope("acme"));
     let mut a = RevocationSet::new();
-    a.insert(&fleet(), &operator_revokes(RevocationTarget::Node(first.node())))
-        .unwrap();
+    a.insert(
+        &fleet(),
+        &operator_revokes(RevocationTarget::Node(first.node())),
+    )
+    .unwrap();
     let mut b = RevocationSet::new();
-    b.insert(&fleet(), &operator_revokes(RevocationTarget::Node(second.node())))
-        .unwrap();
+    b.insert(
+        &fleet(),
+        &operator_revokes(RevocationTarget::Node(second.node())),
+    )
+    .unwrap();
 
     a.extend(&b);
     assert!(a.is_revoked(&first));
@@ -778,16 +921,29 @@ fn revocation_set_extend_is_union() {
 fn document_stores_and_reads_revocation() {
     let (operator_key, operator_chain) = enroll(20, operator_scope("msp", &["acme"]));
     let (_, node_chain) = enroll(10, node_scope("acme"));
-    let record = revocation("acme", RevocationTarget::Node(node_chain.node()), node_of(&operator_key));
-    let signed = SignedRevocation::sign(record, &operator_key, Some(operator_chain.clone())).unwrap();
+    let record = revocation(
+        "acme",
+        RevocationTarget::Node(node_chain.node()),
+        node_of(&operator_key),
+    );
+    let signed =
+        SignedRevocation::sign(record, &operator_key, Some(operator_chain.clone())).unwrap();
 
     let mut doc = MembershipDocument::new(tenant("acme"));
-    let change = doc.add_revocation(&signed, NOW + HOUR, &operator_key).unwrap().unwrap();
+    let change = doc
+        .add_revocation(&signed, NOW + HOUR, &operator_key)
+        .unwrap()
+        .unwrap();
     assert_eq!(change.author(), node_of(&operator_key));
     assert_eq!(change.doc(), doc.id());
     change.verify().unwrap();
     let operator = operator_chain
-        .verify(&fleet(), &operator_chain.node(), NOW + HOUR, &RevocationSet::new())
+        .verify(
+            &fleet(),
+            &operator_chain.node(),
+            NOW + HOUR,
+            &RevocationSet::new(),
+        )
         .unwrap();
     authorize_change(&change, &operator).unwrap();
 
@@ -806,8 +962,14 @@ fn document_stores_and_reads_revocation() {
 fn document_add_same_revocation_is_no_change() {
     let signed = operator_revokes(RevocationTarget::Node(node_of(&key(10))));
     let mut doc = MembershipDocument::new(tenant("acme"));
-    assert!(doc.add_revocation(&signed, NOW, &key(20)).unwrap().is_some());
-    assert!(doc.add_revocation(&signed, NOW, &key(20)).unwrap().is_none());
+    assert!(doc
+        .add_revocation(&signed, NOW, &key(20))
+        .unwrap()
+        .is_some());
+    assert!(doc
+        .add_revocation(&signed, NOW, &key(20))
+        .unwrap()
+        .is_none());
 }
 
 #[test]
@@ -822,7 +984,10 @@ fn document_rejects_other_tenant_revocation() {
 fn document_rejects_change_of_other_document() {
     let signed = operator_revokes(RevocationTarget::Node(node_of(&key(10))));
     let mut acme = MembershipDocument::new(tenant("acme"));
-    let change = acme.add_revocation(&signed, NOW, &key(20)).unwrap().unwrap();
+    let change = acme
+        .add_revocation(&signed, NOW, &key(20))
+        .unwrap()
+        .unwrap();
     let mut globex = MembershipDocument::new(tenant("globex"));
     assert!(globex.apply(&change).is_err());
 }
@@ -835,7 +1000,9 @@ fn raw_change(
 ) -> SignedChange {
     let mut raw = automerge::AutoCommit::load(&doc.save())
         .unwrap()
-        .with_actor(automerge::ActorId::from(author.verifying_key().to_bytes().to_vec()));
+        .with_actor(automerge::ActorId::from(
+            author.verifying_key().to_bytes().to_vec(),
+        ));
     edit(&mut raw);
     raw.commit();
     let mut change = raw.get_last_local_change().unwrap();
@@ -856,7 +1023,10 @@ fn document_deleting_revocation_does_not_unrevoke() {
     doc.apply(&delete).unwrap();
 
     let mut check = automerge::AutoCommit::load(&doc.save()).unwrap();
-    assert!(check.get(automerge::ROOT, key_name.as_str()).unwrap().is_none());
+    assert!(check
+        .get(automerge::ROOT, key_name.as_str())
+        .unwrap()
+        .is_none());
     check.commit();
     assert!(doc.revocation_set(&fleet()).0.is_revoked(&node_chain));
 }
@@ -865,7 +1035,11 @@ fn document_deleting_revocation_does_not_unrevoke() {
 fn document_skips_invalid_records() {
     let (node_key, node_chain) = enroll(10, node_scope("acme"));
     let forged = SignedRevocation::sign(
-        revocation("acme", RevocationTarget::Node(node_of(&key(11))), node_of(&node_key)),
+        revocation(
+            "acme",
+            RevocationTarget::Node(node_of(&key(11))),
+            node_of(&node_key),
+        ),
         &node_key,
         Some(node_chain),
     )
@@ -877,10 +1051,14 @@ fn document_skips_invalid_records() {
     let forged_bytes = forged.encode();
     let valid_bytes = valid.encode();
     let change = raw_change(&mut doc, &key(20), |raw| {
-        raw.put(automerge::ROOT, forged_key.as_str(), forged_bytes).unwrap();
-        raw.put(automerge::ROOT, "revocation/not-an-id", valid_bytes).unwrap();
-        raw.put(automerge::ROOT, "revocation/garbage", vec![1u8, 2, 3]).unwrap();
-        raw.put(automerge::ROOT, "revocation/text", "hello").unwrap();
+        raw.put(automerge::ROOT, forged_key.as_str(), forged_bytes)
+            .unwrap();
+        raw.put(automerge::ROOT, "revocation/not-an-id", valid_bytes)
+            .unwrap();
+        raw.put(automerge::ROOT, "revocation/garbage", vec![1u8, 2, 3])
+            .unwrap();
+        raw.put(automerge::ROOT, "revocation/text", "hello")
+            .unwrap();
     });
     doc.apply(&change).unwrap();
 
@@ -906,13 +1084,21 @@ fn document_merges_concurrent_revocations() {
     let (_, a) = enroll(10, node_scope("acme"));
     let (_, b) = enroll(11, node_scope("acme"));
     let first = SignedRevocation::sign(
-        revocation("acme", RevocationTarget::Node(a.node()), node_of(&first_key)),
+        revocation(
+            "acme",
+            RevocationTarget::Node(a.node()),
+            node_of(&first_key),
+        ),
         &first_key,
         Some(first_chain),
     )
     .unwrap();
     let second = SignedRevocation::sign(
-        revocation("acme", RevocationTarget::Node(b.node()), node_of(&second_key)),
+        revocation(
+            "acme",
+            RevocationTarget::Node(b.node()),
+            node_of(&second_key),
+        ),
         &second_key,
         Some(second_chain),
     )
@@ -920,8 +1106,14 @@ fn document_merges_concurrent_revocations() {
 
     let mut left = MembershipDocument::new(tenant("acme"));
     let mut right = MembershipDocument::new(tenant("acme"));
-    let left_change = left.add_revocation(&first, NOW, &first_key).unwrap().unwrap();
-    let right_change = right.add_revocation(&second, NOW, &second_key).unwrap().unwrap();
+    let left_change = left
+        .add_revocation(&first, NOW, &first_key)
+        .unwrap()
+        .unwrap();
+    let right_change = right
+        .add_revocation(&second, NOW, &second_key)
+        .unwrap()
+        .unwrap();
     left.apply(&right_change).unwrap();
     right.apply(&left_change).unwrap();
 
@@ -944,8 +1136,16 @@ fn node_change(node_key: &SigningKey, doc_tenant: &str, owner: NodeId) -> Signed
         hostname: "web01".to_string(),
         agent_version: "0.1.0".to_string(),
     };
-    let mut change = doc.record(&identity, &Facts::default(), NOW).unwrap().unwrap();
-    SignedChange::sign(DocId::node(tenant(doc_tenant), owner), &mut change, node_key).unwrap()
+    let mut change = doc
+        .record(&identity, &Facts::default(), NOW)
+        .unwrap()
+        .unwrap();
+    SignedChange::sign(
+        DocId::node(tenant(doc_tenant), owner),
+        &mut change,
+        node_key,
+    )
+    .unwrap()
 }
 
 fn member(chain: &CertificateChain) -> fleetmesh_model::membership::VerifiedMember {
@@ -975,7 +1175,10 @@ fn authorize_rejects_other_author() {
     let (_, other_chain) = enroll(11, node_scope("acme"));
     let change = node_change(&node_key, "acme", node_of(&node_key));
     let err = authorize_change(&change, &member(&other_chain)).unwrap_err();
-    assert!(matches!(err, MembershipError::NotAuthorized { .. }), "{err}");
+    assert!(
+        matches!(err, MembershipError::NotAuthorized { .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -984,18 +1187,30 @@ fn authorize_tenant_document_needs_operator_of_tenant() {
 
     let (plain_key, plain_chain) = enroll(10, node_scope("acme"));
     let mut doc = MembershipDocument::new(tenant("acme"));
-    let by_plain = doc.add_revocation(&signed, NOW, &plain_key).unwrap().unwrap();
+    let by_plain = doc
+        .add_revocation(&signed, NOW, &plain_key)
+        .unwrap()
+        .unwrap();
     let err = authorize_change(&by_plain, &member(&plain_chain)).unwrap_err();
-    assert!(err.to_string().contains("operators of that tenant"), "{err}");
+    assert!(
+        err.to_string().contains("operators of that tenant"),
+        "{err}"
+    );
 
     let (outside_key, outside_chain) = enroll(21, operator_scope("msp", &["globex"]));
     let mut doc = MembershipDocument::new(tenant("acme"));
-    let by_outsider = doc.add_revocation(&signed, NOW, &outside_key).unwrap().unwrap();
+    let by_outsider = doc
+        .add_revocation(&signed, NOW, &outside_key)
+        .unwrap()
+        .unwrap();
     assert!(authorize_change(&by_outsider, &member(&outside_chain)).is_err());
 
     let (operator_key, operator_chain) = enroll(22, operator_scope("msp", &["acme"]));
     let mut doc = MembershipDocument::new(tenant("acme"));
-    let by_operator = doc.add_revocation(&signed, NOW, &operator_key).unwrap().unwrap();
+    let by_operator = doc
+        .add_revocation(&signed, NOW, &operator_key)
+        .unwrap()
+        .unwrap();
     assert!(authorize_change(&by_operator, &member(&operator_chain)).is_ok());
 
     let policy = by_operator.with_doc(DocId::tenant_doc(DocKind::Policy, tenant("acme")));

@@ -35,24 +35,38 @@ fn name() -> impl Strategy<Value = String> {
 
 /// Generates a valid scope: a node, or an operator with up to four further tenants.
 fn scope() -> impl Strategy<Value = Scope> {
-    (name(), name(), any::<bool>(), prop::collection::vec(name(), 0..4)).prop_map(
-        |(tenant, site, operator, tenants)| {
+    (
+        name(),
+        name(),
+        any::<bool>(),
+        prop::collection::vec(name(), 0..4),
+    )
+        .prop_map(|(tenant, site, operator, tenants)| {
             let (role, tenants) = if operator {
-                let tenants = tenants.iter().filter_map(|t| TenantId::new(t).ok()).collect();
+                let tenants = tenants
+                    .iter()
+                    .filter_map(|t| TenantId::new(t).ok())
+                    .collect();
                 (Role::Operator, tenants)
             } else {
                 (Role::Node, Vec::new())
             };
             let tenant = TenantId::new(&tenant).unwrap_or_default();
             Scope::new(tenant, &site, role, tenants).unwrap_or_else(|err| panic!("{err}"))
-        },
-    )
+        })
 }
 
 /// Generates a token with a random window, and a chain enrolled at a random time inside it.
 fn enrolled() -> impl Strategy<Value = (JoinToken, CertificateChain, i64)> {
-    (scope(), any::<u64>(), 1..30 * DAY, 0..365 * DAY, any::<u8>(), 0.0..1.0f64).prop_map(
-        |(scope, seed, window, extra_life, node_seed, position)| {
+    (
+        scope(),
+        any::<u64>(),
+        1..30 * DAY,
+        0..365 * DAY,
+        any::<u8>(),
+        0.0..1.0f64,
+    )
+        .prop_map(|(scope, seed, window, extra_life, node_seed, position)| {
             let validity = TokenValidity {
                 not_before: NOW,
                 expires: NOW + window,
@@ -67,8 +81,7 @@ fn enrolled() -> impl Strategy<Value = (JoinToken, CertificateChain, i64)> {
                 .enroll(node_of(&key(node_seed)), enrolled_at)
                 .unwrap_or_else(|err| panic!("{err}"));
             (token, chain, enrolled_at)
-        },
-    )
+        })
 }
 
 /// Encodes `payload` as token text with a valid checksum, so the binary decoder is reached.
@@ -81,7 +94,9 @@ fn checksummed_token_text(payload: &[u8]) -> String {
     data.extend_from_slice(&digest[..4]);
     format!(
         "{JOIN_TOKEN_PREFIX}{}",
-        data_encoding::BASE32_NOPAD.encode(&data).to_ascii_lowercase()
+        data_encoding::BASE32_NOPAD
+            .encode(&data)
+            .to_ascii_lowercase()
     )
 }
 

@@ -152,7 +152,8 @@ impl CertificateChain {
         wire::check_version(KIND, wire.version)?;
         let enrollment = SignedEnrollment::from_wire(wire.enrollment)?;
 
-        let body: CertificateWire = wire::decode("certificate", &wire.certificate.body, CHAIN_LEN_MAX)?;
+        let body: CertificateWire =
+            wire::decode("certificate", &wire.certificate.body, CHAIN_LEN_MAX)?;
         let certificate = NodeCertificate {
             node: NodeId(body.node),
             token_id: TokenId(body.token_id),
@@ -287,7 +288,10 @@ fn check_scope(
 ///
 /// This does not check the signature; call [`SignedChange::verify`] first. `member` must come
 /// from [`CertificateChain::verify`] of the change's author at the current time.
-pub fn authorize_change(change: &SignedChange, member: &VerifiedMember) -> Result<(), MembershipError> {
+pub fn authorize_change(
+    change: &SignedChange,
+    member: &VerifiedMember,
+) -> Result<(), MembershipError> {
     let doc = change.doc();
     let denied = |reason| MembershipError::NotAuthorized {
         author: change.author(),

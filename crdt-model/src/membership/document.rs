@@ -147,11 +147,16 @@ impl MembershipDocument {
             self.doc.rollback();
             return Err(self.automerge_error(source));
         }
-        self.doc.commit_with(CommitOptions::default().with_time(time));
+        self.doc
+            .commit_with(CommitOptions::default().with_time(time));
         let Some(mut change) = self.doc.get_last_local_change() else {
             return Ok(None);
         };
-        Ok(Some(SignedChange::sign(self.id.clone(), &mut change, author)?))
+        Ok(Some(SignedChange::sign(
+            self.id.clone(),
+            &mut change,
+            author,
+        )?))
     }
 
     /// Reads every revocation ever written to the document, verifies each for `fleet`, and

@@ -62,7 +62,10 @@ struct RevocationWire {
 #[derive(Serialize, Deserialize)]
 enum TargetWire {
     Node([u8; 32]),
-    Token { token_id: [u8; 16], enrolled_after: i64 },
+    Token {
+        token_id: [u8; 16],
+        enrolled_after: i64,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -123,7 +126,9 @@ impl SignedRevocation {
         };
         validate_reason(&revocation.reason).map_err(invalid)?;
         if NodeId(issuer_key.verifying_key().to_bytes()) != revocation.issuer {
-            return Err(invalid("the signing key is not the issuer's key".to_string()));
+            return Err(invalid(
+                "the signing key is not the issuer's key".to_string(),
+            ));
         }
         if let Some(chain) = &issuer_chain {
             if chain.node() != revocation.issuer {
@@ -183,7 +188,8 @@ impl SignedRevocation {
     pub fn verify(&self, fleet: &FleetId) -> Result<(), MembershipError> {
         let revocation = &self.revocation;
         let issuer_key = wire::verifying_key("revocation issuer", &revocation.issuer.0)?;
-        self.wire.verify("revocation", REVOCATION_DOMAIN, &issuer_key)?;
+        self.wire
+            .verify("revocation", REVOCATION_DOMAIN, &issuer_key)?;
         if revocation.issuer == fleet.as_node() {
             return Ok(());
         }
@@ -198,13 +204,20 @@ impl SignedRevocation {
             .as_ref()
             .ok_or_else(|| denied("the revocation has no certificate chain for its issuer"))?;
         let member = chain
-            .verify(fleet, &revocation.issuer, revocation.issued_at, &RevocationSet::new())
+            .verify(
+                fleet,
+                &revocation.issuer,
+                revocation.issued_at,
+                &RevocationSet::new(),
+            )
             .map_err(|source| MembershipError::InvalidIssuer {
                 issuer: revocation.issuer,
                 source: Box::new(source),
             })?;
         if !member.is_operator_of(&revocation.tenant) {
-            return Err(denied("only the fleet root and operators of the tenant may revoke"));
+            return Err(denied(
+                "only the fleet root and operators of the tenant may revoke",
+            ));
         }
         Ok(())
     }
@@ -277,12 +290,19 @@ impl RevocationSet {
     }
 
     /// Verifies `revocation` for `fleet` (see [`SignedRevocation::verify`]) and adds it.
-    pub fn insert(&mut self, fleet: &FleetId, revocation: &SignedRevocation) -> Result<(), MembershipError> {
+    pub fn insert(
+        &mut self,
+        fleet: &FleetId,
+        revocation: &SignedRevocation,
+    ) -> Result<(), MembershipError> {
         revocation.verify(fleet)?;
         let record = &revocation.revocation;
         match record.target {
             RevocationTarget::Node(node) => {
-                self.nodes.entry(node).or_default().insert(record.tenant.clone());
+                self.nodes
+                    .entry(node)
+                    .or_default()
+                    .insert(record.tenant.clone());
             }
             RevocationTarget::Token {
                 token_id,
@@ -303,7 +323,10 @@ impl RevocationSet {
     /// Adds every revocation of `other`.
     pub fn extend(&mut self, other: &RevocationSet) {
         for (node, tenants) in &other.nodes {
-            self.nodes.entry(*node).or_default().extend(tenants.iter().cloned());
+            self.nodes
+                .entry(*node)
+                .or_default()
+                .extend(tenants.iter().cloned());
         }
         for (token, cutoffs) in &other.tokens {
             let entry = self.tokens.entry(*token).or_default();

@@ -26,7 +26,9 @@ pub(super) fn encode(prefix: &str, payload: &[u8]) -> String {
     let mut data = Vec::with_capacity(payload.len() + CHECKSUM_LEN);
     data.extend_from_slice(payload);
     data.extend_from_slice(&checksum(prefix, payload));
-    let body = data_encoding::BASE32_NOPAD.encode(&data).to_ascii_lowercase();
+    let body = data_encoding::BASE32_NOPAD
+        .encode(&data)
+        .to_ascii_lowercase();
     format!("{prefix}{body}")
 }
 
@@ -94,7 +96,10 @@ mod tests {
         let text = encode("tst1", b"hello world");
         assert!(text.starts_with("tst1"));
         let wrapped = format!("  {}\n{}  ", &text[..10], &text[10..].to_uppercase());
-        assert_eq!(decode("test", "tst1", &wrapped, 100).ok(), Some(b"hello world".to_vec()));
+        assert_eq!(
+            decode("test", "tst1", &wrapped, 100).ok(),
+            Some(b"hello world".to_vec())
+        );
     }
 
     #[test]

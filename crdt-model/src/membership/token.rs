@@ -42,17 +42,23 @@ impl Scope {
         role: Role,
         tenants: Vec<TenantId>,
     ) -> Result<Scope, MembershipError> {
-        let tenants: Vec<TenantId> = tenants.into_iter().collect::<BTreeSet<_>>().into_iter().collect();
+        let tenants: Vec<TenantId> = tenants
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         let scope = Scope {
             tenant,
             site: site.to_string(),
             role,
             tenants,
         };
-        scope.validate().map_err(|reason| MembershipError::InvalidRequest {
-            kind: "join token scope",
-            reason,
-        })?;
+        scope
+            .validate()
+            .map_err(|reason| MembershipError::InvalidRequest {
+                kind: "join token scope",
+                reason,
+            })?;
         Ok(scope)
     }
 
@@ -88,7 +94,8 @@ impl Scope {
 
     pub(super) fn from_wire(kind: &'static str, wire: ScopeWire) -> Result<Scope, MembershipError> {
         let malformed = |reason: String| MembershipError::Malformed { kind, reason };
-        let role = Role::from_tag(wire.role).ok_or_else(|| malformed(format!("unknown role tag {}", wire.role)))?;
+        let role = Role::from_tag(wire.role)
+            .ok_or_else(|| malformed(format!("unknown role tag {}", wire.role)))?;
         let scope = Scope {
             tenant: wire.tenant,
             site: wire.site,
@@ -175,7 +182,10 @@ pub(super) struct SignedEnrollment {
 }
 
 impl SignedEnrollment {
-    fn sign(enrollment: Enrollment, root: &SigningKey) -> Result<SignedEnrollment, MembershipError> {
+    fn sign(
+        enrollment: Enrollment,
+        root: &SigningKey,
+    ) -> Result<SignedEnrollment, MembershipError> {
         let body = EnrollmentWire {
             fleet: enrollment.fleet.0,
             key: enrollment.key.to_bytes(),

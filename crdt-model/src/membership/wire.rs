@@ -72,7 +72,10 @@ fn signing_message(domain: &[u8], body: &[u8]) -> Vec<u8> {
 }
 
 /// Encodes a value with postcard.
-pub(super) fn encode<T: Serialize>(kind: &'static str, value: &T) -> Result<Vec<u8>, MembershipError> {
+pub(super) fn encode<T: Serialize>(
+    kind: &'static str,
+    value: &T,
+) -> Result<Vec<u8>, MembershipError> {
     postcard::to_stdvec(value).map_err(|err| MembershipError::Malformed {
         kind,
         reason: format!("cannot encode: {err}"),
@@ -93,10 +96,11 @@ pub(super) fn decode<T: DeserializeOwned>(
             max,
         });
     }
-    let (value, rest) = postcard::take_from_bytes(bytes).map_err(|err| MembershipError::Malformed {
-        kind,
-        reason: err.to_string(),
-    })?;
+    let (value, rest) =
+        postcard::take_from_bytes(bytes).map_err(|err| MembershipError::Malformed {
+            kind,
+            reason: err.to_string(),
+        })?;
     if !rest.is_empty() {
         return Err(MembershipError::Malformed {
             kind,
@@ -120,7 +124,10 @@ pub(super) fn check_version(kind: &'static str, version: u8) -> Result<(), Membe
 }
 
 /// Decodes a 32-byte ed25519 public key.
-pub(super) fn verifying_key(kind: &'static str, bytes: &[u8; 32]) -> Result<VerifyingKey, MembershipError> {
+pub(super) fn verifying_key(
+    kind: &'static str,
+    bytes: &[u8; 32],
+) -> Result<VerifyingKey, MembershipError> {
     VerifyingKey::from_bytes(bytes).map_err(|_| MembershipError::Malformed {
         kind,
         reason: "the key is not an ed25519 public key".to_string(),
@@ -182,7 +189,10 @@ pub(super) mod signature_bytes {
                 f.write_str("64 signature bytes")
             }
 
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<[u8; 64], A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<[u8; 64], A::Error> {
                 let mut out = [0u8; 64];
                 for (index, slot) in out.iter_mut().enumerate() {
                     *slot = seq
