@@ -153,13 +153,16 @@ enum StreamEvent {
     Hello(PeerId, Hello),
     /// A frame arrived after the hello.
     Frame(PeerId, Vec<u8>),
-    /// A stream failed or ended; `reason` says why.
-    Closed(PeerId, String),
+    /// An inbound stream failed or ended.
+    ReaderClosed(PeerId, String),
+    /// The outbound stream task with this id failed or ended.
+    WriterClosed(PeerId, u64, String),
 }
 
 /// A peer with a connection and an outbound stream task.
 struct PeerLink {
     writer: mpsc::Sender<Vec<u8>>,
+    writer_id: u64,
     in_engine: bool,
     last_status_write: Option<Instant>,
 }
@@ -326,6 +329,8 @@ impl Node {
             started,
             rng: rand_chacha::ChaCha8Rng::from_entropy(),
             collecting: false,
+            next_writer_id: 0,
+            hellos: HashMap::new(),
         };
         info!(node = %node_id, fleet = %state.fleet, tenant = %config.tenant, site = %config.site,
               root = %config.root.display(), "node starting");
@@ -392,6 +397,9 @@ struct LoopState {
     started: Instant,
     rng: rand_chacha::ChaCha8Rng,
     collecting: bool,
+    next_writer_id: u64,
+    /// Valid hellos received on each peer's current inbound stream.
+    hellos: HashMap<PeerId, Hello>,
 }
 
 type NodeEngine = Engine<Store, SignatureVerifier>;
@@ -440,7 +448,7 @@ impl LoopState {
                 }
                 if !self.links.contains_key(&peer_id) {
                     debug!(peer = %peer_id, address = %endpoint.get_remote_address(), "connected");
-                    self.open_link(peer_id);
+                    self.open_link(engine, peer_id);
                 }
             }
             SwarmEvent::ConnectionClosed {
@@ -451,6 +459,7 @@ impl LoopState {
             } => {
                 if num_established == 0 {
                     debug!(peer = %peer_id, cause = ?cause, "disconnected");
+                    self.hellos.remove(&peer_id);
                     self.drop_link(engine, peer_id);
                 }
             }
@@ -491,12 +500,15 @@ impl LoopState {
         }
     }
 
-    fn open_link(&mut self, peer: PeerId) {
+    fn open_link(&mut self, engine: &mut NodeEngine, peer: PeerId) {
         let (writer, frames) = mpsc::channel(WRITER_QUEUE);
+        self.next_writer_id += 1;
+        let writer_id = self.next_writer_id;
         self.links.insert(
             peer,
             PeerLink {
                 writer,
+                writer_id,
                 in_engine: false,
                 last_status_write: None,
             },
@@ -504,10 +516,40 @@ impl LoopState {
         tokio::spawn(write_stream(
             self.control.clone(),
             peer,
+            writer_id,
             self.hello.clone(),
             frames,
             self.events_tx.clone(),
         ));
+        self.try_join(engine, peer);
+    }
+
+    /// Hands the peer to the engine once both directions are ready: our outbound stream task
+    /// exists and the peer's hello arrived and was valid.
+    fn try_join(&mut self, engine: &mut NodeEngine, peer: PeerId) {
+        let Some(node) = net::node_of(&peer) else {
+            return;
+        };
+        let Some(hello) = self.hellos.get(&peer) else {
+            return;
+        };
+        let Some(link) = self.links.get_mut(&peer) else {
+            return;
+        };
+        if link.in_engine {
+            return;
+        }
+        link.in_engine = true;
+        info!(peer = %peer, site = %hello.site, "peer joined sync");
+        let info = PeerInfo {
+            site: hello.site.clone(),
+            tenants: hello.tenants.clone(),
+        };
+        let now = self.now();
+        engine.handle_connected(node, info, now);
+        if let Err(err) = engine.store().set_peer_status(&node, unix_now(), true) {
+            warn!(peer = %peer, error = %err, "recording peer status failed");
+        }
     }
 
     fn drop_link(&mut self, engine: &mut NodeEngine, peer: PeerId) {
@@ -560,8 +602,31 @@ impl LoopState {
                     }
                 }
             }
-            StreamEvent::Closed(peer, reason) => {
-                debug!(peer = %peer, reason = %reason, "sync stream closed");
+            StreamEvent::ReaderClosed(peer, reason) => {
+                debug!(peer = %peer, reason = %reason, "inbound sync stream closed");
+                // The peer sends a new hello on its next stream; until then it is out of sync.
+                self.hellos.remove(&peer);
+                if let Some(link) = self.links.get_mut(&peer) {
+                    if link.in_engine {
+                        link.in_engine = false;
+                        if let Some(node) = net::node_of(&peer) {
+                            engine.handle_disconnected(node, self.now());
+                        }
+                    }
+                }
+            }
+            StreamEvent::WriterClosed(peer, writer_id, reason) => {
+                let current = self.links.get(&peer).is_some_and(|link| link.writer_id == writer_id);
+                if !current {
+                    return;
+                }
+                debug!(peer = %peer, reason = %reason, "outbound sync stream closed");
+                // Messages queued for the old stream are lost; the engine's next anti-entropy
+                // round with this peer repairs what they carried.
+                self.drop_link(engine, peer);
+                if swarm.is_connected(&peer) && !self.is_banned(&peer) {
+                    self.open_link(engine, peer);
+                }
             }
         }
     }
@@ -573,11 +638,11 @@ impl LoopState {
         peer: PeerId,
         hello: Hello,
     ) {
-        let Some(node) = net::node_of(&peer) else {
+        if net::node_of(&peer).is_none() {
             warn!(peer = %peer, "peer key is not ed25519, disconnecting");
             self.ban(swarm, peer);
             return;
-        };
+        }
         if hello.version != PROTOCOL_VERSION {
             warn!(peer = %peer, version = hello.version, "unsupported protocol version, disconnecting");
             self.ban(swarm, peer);
@@ -588,25 +653,11 @@ impl LoopState {
             self.ban(swarm, peer);
             return;
         }
-        if !self.links.contains_key(&peer) {
-            self.open_link(peer);
-        }
-        let Some(link) = self.links.get_mut(&peer) else {
-            return;
-        };
-        if link.in_engine {
-            return;
-        }
-        link.in_engine = true;
-        info!(peer = %peer, site = %hello.site, "peer joined sync");
-        let info = PeerInfo {
-            site: hello.site,
-            tenants: hello.tenants,
-        };
-        let now = self.now();
-        engine.handle_connected(node, info, now);
-        if let Err(err) = engine.store().set_peer_status(&node, unix_now(), true) {
-            warn!(peer = %peer, error = %err, "recording peer status failed");
+        self.hellos.insert(peer, hello);
+        if self.links.contains_key(&peer) {
+            self.try_join(engine, peer);
+        } else {
+            self.open_link(engine, peer);
         }
     }
 
@@ -763,7 +814,11 @@ async fn accept_streams(
     }
 }
 
-async fn read_stream(peer: PeerId, mut stream: libp2p::Stream, events: mpsc::Sender<StreamEvent>) {
+async fn read_stream(
+    peer: PeerId,
+    mut stream: libp2p::Stream,
+    events: mpsc::Sender<StreamEvent>,
+) {
     let hello = tokio::time::timeout(
         Duration::from_secs(10),
         read_frame(&mut stream, FRAME_LEN_MAX),
@@ -774,26 +829,26 @@ async fn read_stream(peer: PeerId, mut stream: libp2p::Stream, events: mpsc::Sen
             Ok(hello) => hello,
             Err(err) => {
                 let _ = events
-                    .send(StreamEvent::Closed(peer, err.to_string()))
+                    .send(StreamEvent::ReaderClosed(peer, err.to_string()))
                     .await;
                 return;
             }
         },
         Ok(Ok(None)) => {
             let _ = events
-                .send(StreamEvent::Closed(peer, "closed before hello".into()))
+                .send(StreamEvent::ReaderClosed(peer, "closed before hello".into()))
                 .await;
             return;
         }
         Ok(Err(err)) => {
             let _ = events
-                .send(StreamEvent::Closed(peer, err.to_string()))
+                .send(StreamEvent::ReaderClosed(peer, err.to_string()))
                 .await;
             return;
         }
         Err(_) => {
             let _ = events
-                .send(StreamEvent::Closed(
+                .send(StreamEvent::ReaderClosed(
                     peer,
                     "timed out waiting for hello".into(),
                 ))
@@ -813,13 +868,13 @@ async fn read_stream(peer: PeerId, mut stream: libp2p::Stream, events: mpsc::Sen
             }
             Ok(None) => {
                 let _ = events
-                    .send(StreamEvent::Closed(peer, "end of stream".into()))
+                    .send(StreamEvent::ReaderClosed(peer, "end of stream".into()))
                     .await;
                 return;
             }
             Err(err) => {
                 let _ = events
-                    .send(StreamEvent::Closed(peer, err.to_string()))
+                    .send(StreamEvent::ReaderClosed(peer, err.to_string()))
                     .await;
                 return;
             }
@@ -830,6 +885,7 @@ async fn read_stream(peer: PeerId, mut stream: libp2p::Stream, events: mpsc::Sen
 async fn write_stream(
     mut control: libp2p_stream::Control,
     peer: PeerId,
+    writer_id: u64,
     hello: Vec<u8>,
     mut frames: mpsc::Receiver<Vec<u8>>,
     events: mpsc::Sender<StreamEvent>,
@@ -838,21 +894,21 @@ async fn write_stream(
         Ok(stream) => stream,
         Err(err) => {
             let _ = events
-                .send(StreamEvent::Closed(peer, err.to_string()))
+                .send(StreamEvent::WriterClosed(peer, writer_id, err.to_string()))
                 .await;
             return;
         }
     };
     if let Err(err) = write_frame(&mut stream, &hello).await {
         let _ = events
-            .send(StreamEvent::Closed(peer, err.to_string()))
+            .send(StreamEvent::WriterClosed(peer, writer_id, err.to_string()))
             .await;
         return;
     }
     while let Some(frame) = frames.recv().await {
         if let Err(err) = write_frame(&mut stream, &frame).await {
             let _ = events
-                .send(StreamEvent::Closed(peer, err.to_string()))
+                .send(StreamEvent::WriterClosed(peer, writer_id, err.to_string()))
                 .await;
             return;
         }

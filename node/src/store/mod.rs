@@ -478,7 +478,7 @@ pub fn read_document(conn: &Connection, id: &DocId) -> Result<NodeDocument, Stor
         return Err(StoreError::UnsupportedKind(id.kind.as_str()));
     }
     let doc_bytes = id.to_bytes();
-    let snapshot: Option<(Vec<u8>, i64)> = conn
+    let snapshot: Option<(Option<Vec<u8>>, i64)> = conn
         .query_row(
             "SELECT snapshot, snapshot_rowid FROM documents WHERE doc = ?1",
             [&doc_bytes],
@@ -486,7 +486,7 @@ pub fn read_document(conn: &Connection, id: &DocId) -> Result<NodeDocument, Stor
         )
         .optional()?;
     let (mut doc, after_rowid) = match snapshot {
-        Some((bytes, rowid)) if !bytes.is_empty() => {
+        Some((Some(bytes), rowid)) if !bytes.is_empty() => {
             (NodeDocument::load(id.clone(), &bytes)?, rowid)
         }
         _ => (NodeDocument::new(id.tenant.clone(), NodeId(id.key)), 0),
