@@ -22,7 +22,8 @@ fn error_for<'a>(facts: &'a Facts, collector: &str, path: &str) -> Option<&'a st
         .map(|error| error.message.as_str())
 }
 
-/// A small valid tree, so a test can break one file and check that the rest is still read.
+/// Copies a small valid tree into a temporary root, so a test can break one file and check that
+/// the rest is still read.
 fn base_root() -> tempfile::TempDir {
     let root = tempfile::tempdir().expect("temp dir");
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/root-small");
@@ -47,7 +48,11 @@ fn copy_tree(from: &Path, to: &Path) {
 fn small_root_reads_without_errors() {
     let root = base_root();
     let facts = collect(&CollectOptions::new(root.path()));
-    assert!(facts.collector_errors.is_empty(), "{:#?}", facts.collector_errors);
+    assert!(
+        facts.collector_errors.is_empty(),
+        "{:#?}",
+        facts.collector_errors
+    );
     assert_eq!(facts.packages.len(), 2);
     assert_eq!(facts.os.id.as_deref(), Some("debian"));
     assert!(facts.users["alice"].admin);
@@ -58,7 +63,8 @@ fn small_root_reads_without_errors() {
     );
     assert_eq!(facts.system.fqdn.as_deref(), Some("web02.example.net"));
     assert_eq!(facts.dns.servers, vec!["192.0.2.53"]);
-    let task = &facts.scheduled_tasks["/etc/cron.d/backup:30 2 * * * /usr/local/bin/backup --nightly"];
+    let task =
+        &facts.scheduled_tasks["/etc/cron.d/backup:30 2 * * * /usr/local/bin/backup --nightly"];
     assert_eq!(task.user.as_deref(), Some("root"));
     assert_eq!(facts.service_manager.as_deref(), Some("none"));
 }
@@ -71,7 +77,11 @@ fn dpkg_stanza_without_package_field() {
     write(root.path(), "/var/lib/dpkg/status", broken.as_bytes());
 
     let facts = collect(&CollectOptions::new(root.path()));
-    assert_eq!(facts.packages.len(), 3, "the stanzas around the broken one are kept");
+    assert_eq!(
+        facts.packages.len(),
+        3,
+        "the stanzas around the broken one are kept"
+    );
     assert!(facts.packages.contains_key("zlib1g:amd64"));
     let message = error_for(&facts, "packages.dpkg", "/var/lib/dpkg/status").expect("error fact");
     assert!(message.contains("no Package field"), "{message}");
@@ -88,7 +98,10 @@ fn os_release_with_binary_bytes() {
     let facts = collect(&CollectOptions::new(root.path()));
     assert_eq!(facts.os.id.as_deref(), Some("debian"));
     assert_eq!(facts.os.version_id.as_deref(), Some("12"));
-    assert_eq!(facts.os.pretty_name.as_deref(), Some("Debian GNU/Linux 12 (bookworm)"));
+    assert_eq!(
+        facts.os.pretty_name.as_deref(),
+        Some("Debian GNU/Linux 12 (bookworm)")
+    );
     let message = error_for(&facts, "os", "/etc/os-release").expect("error fact");
     assert!(message.contains("invalid UTF-8"), "{message}");
 }
@@ -176,7 +189,11 @@ fn zero_budget_stops_with_error_facts() {
 #[test]
 fn shadow_is_never_tracked() {
     let root = base_root();
-    write(root.path(), "/etc/shadow", b"root:$6$salt$hash:19000:0:99999:7:::\n");
+    write(
+        root.path(),
+        "/etc/shadow",
+        b"root:$6$salt$hash:19000:0:99999:7:::\n",
+    );
     let mut options = CollectOptions::new(root.path());
     options.extra_tracked_files = vec!["/etc/shadow".to_string(), "/etc/../etc/shadow".to_string()];
 
@@ -197,7 +214,10 @@ fn extra_tracked_file_redacted_and_missing() {
         b"listen = 0.0.0.0:8080\ndb_password = hunter2\n-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n",
     );
     let mut options = CollectOptions::new(root.path());
-    options.extra_tracked_files = vec!["/etc/app/*".to_string(), "/etc/app/missing.conf".to_string()];
+    options.extra_tracked_files = vec![
+        "/etc/app/*".to_string(),
+        "/etc/app/missing.conf".to_string(),
+    ];
 
     let facts = collect(&options);
     let file = &facts.tracked_files["/etc/app/app.conf"];

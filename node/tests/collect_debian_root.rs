@@ -24,7 +24,11 @@ fn debian_root_has_no_errors() {
         return;
     };
     let facts = collect(&CollectOptions::new(root));
-    assert!(facts.collector_errors.is_empty(), "{:#?}", facts.collector_errors);
+    assert!(
+        facts.collector_errors.is_empty(),
+        "{:#?}",
+        facts.collector_errors
+    );
 }
 
 #[test]
@@ -34,7 +38,10 @@ fn debian_root_system_and_os() {
     };
     let facts = collect(&CollectOptions::new(root));
     assert_eq!(facts.system.hostname, "branch01-web");
-    assert_eq!(facts.system.machine_id.as_deref(), Some("5c1d2f0e9b8a4c7d8e6f5a4b3c2d1e0f"));
+    assert_eq!(
+        facts.system.machine_id.as_deref(),
+        Some("5c1d2f0e9b8a4c7d8e6f5a4b3c2d1e0f")
+    );
     assert_eq!(facts.system.architecture.as_deref(), Some("x86_64"));
     assert_eq!(facts.os.id.as_deref(), Some("debian"));
     assert_eq!(facts.os.version_id.as_deref(), Some("12"));
@@ -52,7 +59,10 @@ fn debian_root_has_707_dpkg_packages() {
     };
     let facts = collect(&CollectOptions::new(root));
     assert_eq!(facts.packages.len(), 707);
-    assert!(facts.packages.values().all(|package| package.manager == "dpkg"));
+    assert!(facts
+        .packages
+        .values()
+        .all(|package| package.manager == "dpkg"));
     let libc = &facts.packages["libc6:amd64"];
     assert_eq!(libc.source.as_deref(), Some("glibc"));
     assert_eq!(libc.version, "2.36-9+deb12u14");
@@ -73,7 +83,10 @@ fn debian_root_users_and_groups() {
     assert_eq!(postgres.uid, 101);
     assert_eq!(postgres.home, "/var/lib/postgresql");
     assert!(facts.users.contains_key("cloudsdk"));
-    assert!(facts.users.values().all(|user| !user.admin), "the sudo group has no members");
+    assert!(
+        facts.users.values().all(|user| !user.admin),
+        "the sudo group has no members"
+    );
     assert_eq!(facts.groups["ssl-cert"].members, vec!["postgres"]);
     assert_eq!(facts.groups["sudo"].gid, 27);
 }
@@ -84,13 +97,24 @@ fn debian_root_enabled_units() {
         return;
     };
     let facts = collect(&CollectOptions::new(root));
-    assert_eq!(facts.service_manager.as_deref(), Some("systemd (not running)"));
-    let enabled = |unit: &str| facts.services.get(unit).and_then(|service| service.enabled.as_deref());
+    assert_eq!(
+        facts.service_manager.as_deref(),
+        Some("systemd (not running)")
+    );
+    let enabled = |unit: &str| {
+        facts
+            .services
+            .get(unit)
+            .and_then(|service| service.enabled.as_deref())
+    };
     assert_eq!(enabled("ssh.service"), Some("enabled"));
     assert_eq!(enabled("cron.service"), Some("enabled"));
     assert_eq!(enabled("nginx.service"), Some("disabled"));
     assert_eq!(enabled("sshd.service"), Some("alias"));
-    assert!(facts.services.values().all(|service| service.active.is_none()));
+    assert!(facts
+        .services
+        .values()
+        .all(|service| service.active.is_none()));
     assert_eq!(
         facts.services["ssh.service"].description.as_deref(),
         Some("OpenBSD Secure Shell server")
@@ -103,16 +127,27 @@ fn debian_root_network() {
         return;
     };
     let facts = collect(&CollectOptions::new(root));
-    let socket = facts.listening.get("tcp/0.0.0.0:2024").expect("listening socket");
+    let socket = facts
+        .listening
+        .get("tcp/0.0.0.0:2024")
+        .expect("listening socket");
     assert_eq!(socket.port, 2024);
     assert_eq!(socket.uid, Some(0));
-    assert_eq!(socket.process, None, "owners are only looked up on a live system");
+    assert_eq!(
+        socket.process, None,
+        "owners are only looked up on a live system"
+    );
     assert_eq!(facts.listening.len(), 1);
 
-    let default = facts.routes.get("default via 192.0.2.1 dev eth0").expect("IPv4 default route");
+    let default = facts
+        .routes
+        .get("default via 192.0.2.1 dev eth0")
+        .expect("IPv4 default route");
     assert_eq!(default.destination, "default");
     assert!(facts.routes.contains_key("default via fd00::1 dev eth0"));
-    assert!(facts.interfaces["eth0"].addresses.contains_key("fd00::2/64"));
+    assert!(facts.interfaces["eth0"]
+        .addresses
+        .contains_key("fd00::2/64"));
     assert!(facts.interfaces.contains_key("lo"));
 }
 

@@ -12,7 +12,10 @@ fn os_release_dir() -> Option<PathBuf> {
     if dir.is_dir() {
         Some(dir)
     } else {
-        println!("SKIPPED: os-release fixtures not found at {}", dir.display());
+        println!(
+            "SKIPPED: os-release fixtures not found at {}",
+            dir.display()
+        );
         None
     }
 }
@@ -21,12 +24,18 @@ fn os_release_dir() -> Option<PathBuf> {
 /// surrounding quotes removed.
 fn plain_value(text: &str, key: &str) -> Option<String> {
     let prefix = format!("{key}=");
-    let raw = text.lines().filter_map(|line| line.strip_prefix(&prefix)).last()?;
+    let raw = text
+        .lines()
+        .rev()
+        .find_map(|line| line.strip_prefix(&prefix))?;
     let raw = raw.trim();
     let unquoted = raw
         .strip_prefix('"')
         .and_then(|rest| rest.strip_suffix('"'))
-        .or_else(|| raw.strip_prefix('\'').and_then(|rest| rest.strip_suffix('\'')))
+        .or_else(|| {
+            raw.strip_prefix('\'')
+                .and_then(|rest| rest.strip_suffix('\''))
+        })
         .unwrap_or(raw);
     Some(unquoted.to_string()).filter(|value| !value.is_empty())
 }
@@ -52,8 +61,16 @@ fn every_fixture_parses_like_plain_reading() {
 
         assert_eq!(os.id, plain_value(&text, "ID"), "{name}: ID");
         assert!(os.id.is_some(), "{name}: ID missing");
-        assert_eq!(os.version_id, plain_value(&text, "VERSION_ID"), "{name}: VERSION_ID");
-        assert_eq!(os.pretty_name, plain_value(&text, "PRETTY_NAME"), "{name}: PRETTY_NAME");
+        assert_eq!(
+            os.version_id,
+            plain_value(&text, "VERSION_ID"),
+            "{name}: VERSION_ID"
+        );
+        assert_eq!(
+            os.pretty_name,
+            plain_value(&text, "PRETTY_NAME"),
+            "{name}: PRETTY_NAME"
+        );
         assert_eq!(os.name, plain_value(&text, "NAME"), "{name}: NAME");
     }
 }
@@ -77,9 +94,14 @@ fn collect_reads_usr_lib_os_release_link() {
     let root = tempfile::tempdir().expect("temp dir");
     fs::create_dir_all(root.path().join("etc")).expect("mkdir");
     fs::create_dir_all(root.path().join("usr/lib")).expect("mkdir");
-    fs::copy(dir.join("ubuntu_2204"), root.path().join("usr/lib/os-release")).expect("copy");
+    fs::copy(
+        dir.join("ubuntu_2204"),
+        root.path().join("usr/lib/os-release"),
+    )
+    .expect("copy");
     // Debian and Ubuntu ship /etc/os-release as a relative link to /usr/lib/os-release.
-    std::os::unix::fs::symlink("../usr/lib/os-release", root.path().join("etc/os-release")).expect("symlink");
+    std::os::unix::fs::symlink("../usr/lib/os-release", root.path().join("etc/os-release"))
+        .expect("symlink");
 
     let facts = collect(&CollectOptions::new(root.path()));
     assert_eq!(facts.os.id.as_deref(), Some("ubuntu"));
@@ -92,10 +114,17 @@ fn collect_reads_usr_lib_os_release_link() {
 fn fallback_to_redhat_release() {
     let root = tempfile::tempdir().expect("temp dir");
     fs::create_dir_all(root.path().join("etc")).expect("mkdir");
-    fs::write(root.path().join("etc/redhat-release"), "CentOS release 6.10 (Final)\n").expect("write");
+    fs::write(
+        root.path().join("etc/redhat-release"),
+        "CentOS release 6.10 (Final)\n",
+    )
+    .expect("write");
 
     let facts = collect(&CollectOptions::new(root.path()));
     assert_eq!(facts.os.id.as_deref(), Some("centos"));
     assert_eq!(facts.os.version_id.as_deref(), Some("6.10"));
-    assert_eq!(facts.os.release_source.as_deref(), Some("/etc/redhat-release"));
+    assert_eq!(
+        facts.os.release_source.as_deref(),
+        Some("/etc/redhat-release")
+    );
 }

@@ -24,12 +24,16 @@ fn parse_all_text(text: &str) {
     let _ = os::os_from_debian_version(text);
     let _ = os::os_from_alpine_release(text);
     let _ = os::parse_proc_version(text);
+
     let _ = system::parse_boot_time(text);
     let _ = system::fqdn_from_hosts(text, "web01");
+
     let _ = hardware::parse_cpuinfo(text);
     let _ = hardware::parse_meminfo(text);
+
     let _ = storage::parse_mounts(text);
     let _ = storage::unescape_octal(text);
+
     let _ = parse_net_dev_names(text);
     let _ = parse_resolv_conf(text);
     let _ = procnet::parse_route(text, true);
@@ -39,18 +43,22 @@ fn parse_all_text(text: &str) {
     let _ = procnet::parse_fib_trie_local(text);
     let _ = procnet::parse_sockets(text, false, false);
     let _ = procnet::parse_sockets(text, true, true);
+
     let _ = dpkg::parse_status(text, true);
     let _ = dpkg::parse_status(text, false);
     let _ = apk::parse_installed(text);
     let _ = pacman::parse_desc(text);
+
     let _ = accounts::parse_passwd(text);
     let _ = accounts::parse_group(text);
     let _ = accounts::parse_authorized_keys(text);
     let _ = accounts::authorized_keys_files(text);
+
     let _ = scheduled::parse_crontab(text, true);
     let _ = scheduled::parse_crontab(text, false);
     let _ = systemd::parse_unit_file(text);
     let _ = services::parse_list_units(text);
+
     let _ = redact::redact("/etc/app.conf", text);
     let _ = redact::redact("/etc/passwd", text);
 }

@@ -67,14 +67,21 @@ fn ndb_matches_expected_csv() {
     let bytes = fs::read(dir.join("Packages.db")).expect("fixture readable");
 
     let parsed = rpm::parse_ndb(&bytes);
-    assert!(parsed.problems.is_empty(), "problems: {:?}", parsed.problems);
+    assert!(
+        parsed.problems.is_empty(),
+        "problems: {:?}",
+        parsed.problems
+    );
     let found: BTreeSet<_> = parsed
         .value
         .iter()
         .map(|package| {
             (
                 package.name.clone(),
-                package.epoch.map(|epoch| epoch.to_string()).unwrap_or_default(),
+                package
+                    .epoch
+                    .map(|epoch| epoch.to_string())
+                    .unwrap_or_default(),
                 package.version.clone(),
                 package.release.clone().unwrap_or_default(),
                 package.arch.clone().unwrap_or_default(),
@@ -104,7 +111,8 @@ fn sqlite_has_129_packages_with_curl() {
     let Some(fixtures) = shared_fixtures() else {
         return;
     };
-    let bytes = fs::read(fixtures.join("rpmdb/cbl-mariner-2.0/rpmdb.sqlite")).expect("fixture readable");
+    let bytes =
+        fs::read(fixtures.join("rpmdb/cbl-mariner-2.0/rpmdb.sqlite")).expect("fixture readable");
     let facts = collect_with_file("/var/lib/rpm/rpmdb.sqlite", &bytes);
 
     assert!(rpm_errors(&facts).is_empty(), "{:?}", rpm_errors(&facts));
@@ -124,13 +132,23 @@ fn sqlite_in_captured_tree_is_not_written() {
     let root = tempfile::tempdir().expect("temp dir");
     let dir = root.path().join("var/lib/rpm");
     fs::create_dir_all(&dir).expect("mkdir");
-    fs::copy(fixtures.join("rpmdb/cbl-mariner-2.0/rpmdb.sqlite"), dir.join("rpmdb.sqlite")).expect("copy");
+    fs::copy(
+        fixtures.join("rpmdb/cbl-mariner-2.0/rpmdb.sqlite"),
+        dir.join("rpmdb.sqlite"),
+    )
+    .expect("copy");
 
     let facts = collect(&CollectOptions::new(root.path()));
     assert_eq!(facts.packages.len(), 129);
     let mut names: Vec<String> = fs::read_dir(&dir)
         .expect("list")
-        .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     names.sort();
     assert_eq!(names, vec!["rpmdb.sqlite"]);
@@ -170,7 +188,10 @@ fn truncated_ndb_gives_partial_packages_and_error() {
         return;
     };
     let bytes = fs::read(fixtures.join("rpmdb/sle15-bci/Packages.db")).expect("fixture readable");
-    let facts = collect_with_file("/usr/lib/sysimage/rpm/Packages.db", &bytes[..bytes.len() / 2]);
+    let facts = collect_with_file(
+        "/usr/lib/sysimage/rpm/Packages.db",
+        &bytes[..bytes.len() / 2],
+    );
 
     let errors = rpm_errors(&facts);
     assert_eq!(errors.len(), 1, "{errors:?}");
@@ -184,7 +205,8 @@ fn truncated_sqlite_gives_error_fact() {
     let Some(fixtures) = shared_fixtures() else {
         return;
     };
-    let bytes = fs::read(fixtures.join("rpmdb/cbl-mariner-2.0/rpmdb.sqlite")).expect("fixture readable");
+    let bytes =
+        fs::read(fixtures.join("rpmdb/cbl-mariner-2.0/rpmdb.sqlite")).expect("fixture readable");
     let facts = collect_with_file("/var/lib/rpm/rpmdb.sqlite", &bytes[..bytes.len() / 3]);
 
     let errors = rpm_errors(&facts);

@@ -1,7 +1,7 @@
-//! What every collector gets: the root to read under, whether the running system may be asked,
+//! Context of a collection run: the root to read under, whether the running system may be asked,
 //! the deadline, and file helpers that turn I/O problems into error facts.
 //!
-//! Paths are given as the machine sees them (`/etc/os-release`) and are read under the root.
+//! Paths are given as they are on the machine (`/etc/os-release`) and are read under the root.
 //! When the root is not `/`, symbolic links are resolved inside the root, so an absolute link in
 //! a captured tree (`etc/resolv.conf -> /run/...`) never leads out to the collecting host.
 
@@ -21,10 +21,10 @@ pub const READ_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// Symbolic links followed while resolving one path; the kernel stops at 40 as well.
 const SYMLINK_HOPS_MAX: usize = 40;
 
-/// Largest file that can stand in for a symbolic link (see [`Context::read_link_like`]).
+/// Largest file that can replace a symbolic link (see [`Context::read_link_like`]).
 const LINK_FILE_MAX_BYTES: u64 = 4096;
 
-/// Why a file could not be read.
+/// Reason a file could not be read.
 #[derive(Debug)]
 pub enum ReadError {
     /// The file does not exist; collectors treat this as "nothing to record".
@@ -66,12 +66,12 @@ impl Context {
         &self.extra_tracked_files
     }
 
-    /// Whether the running system may be asked (commands, `/proc/<pid>/fd`, `statvfs`).
+    /// Returns whether the running system may be asked (commands, `/proc/<pid>/fd`, `statvfs`).
     pub fn live(&self) -> bool {
         self.live
     }
 
-    /// Whether the time budget is used up; loops over many items check this and stop early.
+    /// Returns whether the time budget is used up. Loops over many items check it and stop early.
     pub fn expired(&self) -> bool {
         Instant::now() >= self.deadline
     }
@@ -94,7 +94,7 @@ impl Context {
         );
     }
 
-    /// Returns where `path` (absolute, as the machine sees it) lies on the collecting host,
+    /// Returns where `path` (absolute, as on the machine) lies on the collecting host,
     /// without following any link.
     pub fn host_path(&self, path: &str) -> PathBuf {
         self.root.join(path.trim_start_matches('/'))
@@ -143,7 +143,7 @@ impl Context {
         self.join_root(&resolved)
     }
 
-    /// Returns the path as the machine sees it (`/etc/shadow`) of a host path under the root,
+    /// Returns the path on the machine (`/etc/shadow`) of a host path under the root,
     /// or `None` when the host path lies outside the root or is not UTF-8.
     pub fn machine_path(&self, host: &Path) -> Option<String> {
         let inside = host.strip_prefix(&self.root).ok()?;
@@ -240,7 +240,7 @@ impl Context {
     }
 
     /// Returns the target of a symbolic link at `path`, or the path held by a small file that
-    /// stands in for one.
+    /// replaces one.
     ///
     /// Trees copied by tools without link support keep a link as a regular file holding the
     /// target path on one line. A real unit or configuration file never consists of a single

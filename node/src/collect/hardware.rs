@@ -4,7 +4,7 @@
 //! carry `physical id` and `core id`; ARM blocks carry only the implementer and part numbers,
 //! so there the topology comes from `/sys/devices/system/cpu/cpu*/topology` when it exists.
 //! DMI strings come from `/sys/class/dmi/id`; the serial number is readable by root only, and
-//! `dmi_status` says why anything is missing.
+//! `dmi_status` records why anything is missing.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -16,7 +16,7 @@
 //! Collecting an unchanged machine twice gives equal facts: nothing records uptime, collection
 //! times or byte-exact free space, and every collection is a `BTreeMap`.
 //!
-//! The parsers are public so that tests can feed them arbitrary bytes; each is a pure function
+//! The parsers are public so that tests can feed them arbitrary bytes. Each is a pure function
 //! from file contents to items plus a list of problems.
 
 pub mod accounts;
@@ -51,7 +51,8 @@ pub const DEFAULT_COLLECTOR_BUDGET: Duration = Duration::from_secs(10);
 /// How long [`collect`] waits past the deadline for collectors that stop early on their own.
 const GRACE: Duration = Duration::from_millis(200);
 
-/// What to collect and from where.
+/// Options of one collection: the root, extra tracked files, the time budget, and whether the
+/// running system may be asked.
 #[derive(Clone, Debug)]
 pub struct CollectOptions {
     /// Directory that stands for `/`; every file is read under it.
@@ -86,7 +87,7 @@ impl CollectOptions {
 pub struct Parsed<T> {
     /// The items read.
     pub value: T,
-    /// What was skipped and why, in input order.
+    /// Messages about the skipped parts, in input order.
     pub problems: Vec<String>,
 }
 
@@ -161,7 +162,8 @@ const COLLECTORS: [(&str, CollectorFn); 10] = [
 ];
 
 /// Collects every area under `options.root` and returns the facts, including error facts for
-/// whatever could not be read. Never panics on bad input.
+/// whatever could not be read. A panic inside a collector is caught at its thread
+/// and recorded as an error fact, so bad input cannot panic the caller.
 pub fn collect(options: &CollectOptions) -> Facts {
     let deadline = Instant::now() + options.collector_budget;
     let ctx = Arc::new(

@@ -16,6 +16,9 @@ use crate::collect::add_error;
 
 const NAME: &str = "os";
 
+/// Builds the release from the text of a distribution release file.
+type ReleaseReader = fn(&str) -> Os;
+
 /// Collects the release and kernel into `facts.os`.
 pub fn collect(ctx: &Context, facts: &mut Facts) {
     let mut os = read_release(ctx, facts).unwrap_or_default();
@@ -43,7 +46,7 @@ fn read_release(ctx: &Context, facts: &mut Facts) -> Option<Os> {
         }
     }
 
-    let fallbacks: [(&str, fn(&str) -> Os); 4] = [
+    let fallbacks: [(&str, ReleaseReader); 4] = [
         ("/etc/lsb-release", os_from_lsb_release),
         ("/etc/redhat-release", os_from_redhat_release),
         ("/etc/debian_version", os_from_debian_version),

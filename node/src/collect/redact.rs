@@ -51,7 +51,7 @@ const NOT_SECRET_NAMES: [&str; 2] = ["bypass", "compass"];
 static URL_CREDENTIALS: LazyLock<Option<Regex>> =
     LazyLock::new(|| Regex::new(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]+:)[^/\s@]+@").ok());
 
-/// Redacts secrets in the text of the file at `path` (a path as the machine sees it).
+/// Redacts secrets in the text of the file at `path` (the path on the machine).
 pub fn redact(path: &str, text: &str) -> String {
     let colon_table = path.ends_with("/passwd") || path.ends_with("/group");
     let mut out = String::with_capacity(text.len());
@@ -170,7 +170,7 @@ pub fn redact_setting(line: &str) -> String {
     format!("{}{REDACTED}{trailing_comma}", &line[..head_len])
 }
 
-/// Whether a setting with this name and value holds a secret.
+/// Returns whether a setting with this name and value contains a secret.
 pub fn is_secret_setting(name: &str, value: &str) -> bool {
     let normalized: String = name
         .chars()

@@ -1,8 +1,9 @@
 //! Scheduled tasks: cron tables and systemd timers.
 //!
-//! System tables (`/etc/crontab`, `/etc/cron.d/*`) name the user in the sixth field; user
-//! tables in the spool (`/var/spool/cron/crontabs` on Debian, `/var/spool/cron` on Red Hat,
-//! `/var/spool/cron/tabs` on SUSE, `/etc/crontabs` on Alpine) run as the file's name. Scripts in
+//! System tables (`/etc/crontab`, `/etc/cron.d/*`) name the user in the sixth field. User
+//! tables run as the user the file is named after. They are in `/var/spool/cron/crontabs` on
+//! Debian, `/var/spool/cron` on Red Hat, `/var/spool/cron/tabs` on SUSE and `/etc/crontabs` on
+//! Alpine. Scripts in
 //! `/etc/cron.{hourly,daily,weekly,monthly}` are listed with the matching `@` schedule, because
 //! run-parts runs them from the system table or anacron.
 //!
@@ -169,8 +170,8 @@ fn insert_cron_entries(
     }
 }
 
-/// Whether cron reads a file of this name: editor backups, package manager leftovers and
-/// hidden files are skipped, as cron and run-parts skip them.
+/// Returns whether cron reads a file of this name. Editor backups, package manager leftovers
+/// and hidden files are skipped, as cron and run-parts skip them.
 fn is_cron_file_name(name: &str) -> bool {
     !name.starts_with('.')
         && !name.ends_with('~')
@@ -213,7 +214,7 @@ pub fn parse_crontab(text: &str, system: bool) -> Parsed<Vec<CronEntry>> {
     parsed
 }
 
-/// Whether a cron line sets an environment variable (`NAME=value`).
+/// Returns whether a cron line sets an environment variable (`NAME=value`).
 fn is_assignment(line: &str) -> bool {
     let Some((name, _)) = line.split_once('=') else {
         return false;

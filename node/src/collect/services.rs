@@ -1,10 +1,13 @@
 //! Service manager units with their enabled state and, when systemd runs, their active state.
 //!
-//! The enabled state follows `systemctl is-enabled`: `masked` for a link to `/dev/null`,
-//! `alias` for a link to another unit, `enabled` when a `*.wants/` or `*.requires/` link under
-//! `/etc/systemd/system` names the unit (`enabled-runtime` under `/run`), `disabled` when the
-//! unit has an `[Install]` section but no link, `indirect` for a template with enabled
-//! instances, and `static` otherwise.
+//! The enabled state follows `systemctl is-enabled`:
+//! - `masked`: the unit name is a link to `/dev/null` or an empty file;
+//! - `alias`: the unit name is a link to another unit;
+//! - `enabled`: a `*.wants/` or `*.requires/` link under `/etc/systemd/system` names the unit
+//!   (`enabled-runtime` when the link is under `/run/systemd/system`);
+//! - `disabled`: the unit has an `[Install]` section but no such link;
+//! - `indirect`: a template unit with enabled instances;
+//! - `static`: none of the above.
 //!
 //! The active state is asked of `systemctl` only on a live system where systemd runs
 //! (`/run/systemd/system` exists). `service_manager` is `systemd`, `systemd (not running)` when

@@ -7,8 +7,8 @@
 //! later entry is the one that is visible, so it wins.
 //!
 //! Free space is rounded down to 1/1000 of the total, so ordinary churn writes no change. Sizes
-//! are asked with `statvfs` only on a live system; a network file system gets its own thread and
-//! a short timeout because `statvfs` on a hung NFS server blocks.
+//! come from `statvfs`, which is called only on a live system. On a network file system it runs
+//! on its own thread with a short timeout, because `statvfs` on a hung NFS server blocks.
 
 use std::sync::mpsc;
 use std::thread;
@@ -198,7 +198,7 @@ pub fn unescape_octal(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Whether a mount holds storage worth recording (see the module documentation).
+/// Returns whether a mount contains storage worth recording (see the module documentation).
 pub fn is_managed_storage(entry: &MountEntry) -> bool {
     if PSEUDO_FS_TYPES.contains(&entry.fs_type.as_str()) {
         return false;

@@ -17,8 +17,8 @@ use fleetmesh_model::Facts;
 use super::context::Context;
 use super::Parsed;
 
-/// Unit directories, highest precedence first. The flag says whether links there enable units
-/// (administrator and runtime directories) or are vendor dependencies.
+/// Unit directories, highest precedence first. The flag is true where links enable units
+/// (administrator and runtime directories) and false where they are vendor dependencies.
 pub const UNIT_DIRS: [(&str, bool); 5] = [
     ("/etc/systemd/system", true),
     ("/run/systemd/system", true),
@@ -42,7 +42,7 @@ pub const UNIT_SUFFIXES: [&str; 8] = [
 /// Largest unit file read (1 MiB); real ones are a few KiB.
 const UNIT_FILE_MAX_BYTES: u64 = 1024 * 1024;
 
-/// What a name in a unit directory is.
+/// Kind of entry found under a unit name in a unit directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UnitSource {
     /// A unit file, parsed.
@@ -58,9 +58,9 @@ pub enum UnitSource {
 /// A unit found in the unit directories.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UnitEntry {
-    /// Path of the file or link, as the machine sees it.
+    /// Path of the file or link on the machine (not the host path under the root).
     pub path: String,
-    /// What the path holds.
+    /// Kind of entry at the path.
     pub source: UnitSource,
 }
 
@@ -101,7 +101,7 @@ impl UnitFile {
             .collect()
     }
 
-    /// Whether the `[Install]` section says how to enable the unit.
+    /// Returns whether the `[Install]` section names a way to enable the unit.
     pub fn has_install_info(&self) -> bool {
         [
             "WantedBy",
@@ -167,7 +167,7 @@ pub fn parse_unit_file(text: &str) -> Parsed<UnitFile> {
     parsed
 }
 
-/// Whether `name` is a unit name of a recorded type.
+/// Returns whether `name` is a unit name of a recorded type.
 pub fn is_unit_name(name: &str) -> bool {
     !name.starts_with('.')
         && UNIT_SUFFIXES

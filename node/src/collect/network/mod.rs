@@ -1,9 +1,13 @@
 //! Network interfaces and addresses, routes, resolver settings and listening sockets.
 //!
-//! Everything is read from files: interfaces from `/sys/class/net` (or the names in
-//! `/proc/net/dev`), IPv4 addresses from the `LOCAL` entries of `/proc/net/fib_trie` matched to
-//! the connected routes in `/proc/net/route`, IPv6 addresses from `/proc/net/if_inet6`, routes
-//! from `/proc/net/route` and `/proc/net/ipv6_route`, and sockets from `/proc/net/{tcp,udp}{,6}`.
+//! Everything is read from files:
+//! - interfaces from `/sys/class/net`, or only their names from `/proc/net/dev`;
+//! - IPv4 addresses from the `LOCAL` entries of `/proc/net/fib_trie`, matched to the connected
+//!   routes in `/proc/net/route` for the interface and prefix length;
+//! - IPv6 addresses from `/proc/net/if_inet6`;
+//! - routes from `/proc/net/route` and `/proc/net/ipv6_route`;
+//! - sockets from `/proc/net/{tcp,udp}{,6}`.
+//!
 //! On a live system `ip -j addr` stands in when `fib_trie` is missing, and socket owners are
 //! found by matching socket inodes with the `/proc/<pid>/fd` links.
 //!
@@ -407,7 +411,7 @@ fn read_listening(
     listening
 }
 
-/// Maps socket inodes to the name of the process with the lowest pid that holds them. Processes
+/// Maps socket inodes to the name of the process with the lowest pid that has them open. Processes
 /// of other users are skipped quietly when their `fd` directory is not readable.
 fn socket_owners(ctx: &Context, facts: &mut Facts) -> BTreeMap<u64, String> {
     let mut owners = BTreeMap::new();

@@ -1,7 +1,7 @@
 //! Parsers for the kernel's network tables in `/proc/net`.
 //!
 //! Two address notations appear there. `route`, `tcp` and `udp` print each 32-bit word of an
-//! address as the host's `u32` in hex, so the bytes read back in the host's byte order;
+//! address as the host's `u32` in hex, so the bytes read back in the host's byte order.
 //! `if_inet6` and `ipv6_route` print the bytes in network order. The `native_order` argument
 //! says whether the file was written by the machine reading it (live); a captured tree is
 //! assumed to come from a little-endian machine (x86 or ARM).
@@ -47,7 +47,7 @@ impl Ipv4Route {
         u32::from(self.mask).count_ones() as u8
     }
 
-    /// Whether the route goes through a gateway.
+    /// Returns whether the route goes through a gateway.
     pub fn has_gateway(&self) -> bool {
         self.flags & RTF_GATEWAY != 0 || !self.gateway.is_unspecified()
     }
@@ -130,7 +130,7 @@ pub fn parse_route(text: &str, native_order: bool) -> Parsed<Vec<Ipv4Route>> {
     parsed
 }
 
-/// Whether an IPv4 route belongs in the inventory (up, not a reject route).
+/// Returns whether an IPv4 route belongs in the inventory (up, not a reject route).
 pub fn is_recorded_ipv4_route(route: &Ipv4Route) -> bool {
     route.flags & RTF_UP != 0 && route.flags & RTF_REJECT == 0
 }
@@ -163,8 +163,8 @@ pub fn parse_ipv6_route(text: &str) -> Parsed<Vec<Ipv6Route>> {
     parsed
 }
 
-/// Whether an IPv6 route belongs in the inventory: up, and not a local, reject, cache or
-/// multicast route (those come and go with addresses and traffic).
+/// Returns whether an IPv6 route belongs in the inventory. It must be up, and not a local,
+/// reject, cache or multicast route, because those come and go with addresses and traffic.
 pub fn is_recorded_ipv6_route(route: &Ipv6Route) -> bool {
     let skip = RTF_LOCAL | RTF_REJECT | RTF_CACHE;
     route.flags & RTF_UP != 0 && route.flags & skip == 0 && !route.destination.is_multicast()

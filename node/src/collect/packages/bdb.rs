@@ -1,9 +1,9 @@
 //! Berkeley DB hash databases, as rpm's `bdb` backend writes `Packages` (RHEL and CentOS 7 and
 //! 8). Only what is needed to list the stored values is read.
 //!
-//! Layout: page 0 is the hash metadata page (magic `0x061561` at offset 12, page size at 20);
-//! every page starts with a 26-byte header (page number at 8, next page at 16, entry count at
-//! 20, free-area offset at 22, page type at 25). Hash pages (types 2 and 13) hold an array of
+//! Layout: page 0 is the hash metadata page, with the magic `0x061561` at offset 12 and the page
+//! size at 20. Every page starts with a 26-byte header: page number at 8, next page at 16, entry
+//! count at 20, free-area offset at 22, page type at 25. Hash pages (types 2 and 13) hold an array of
 //! 16-bit item offsets after the header, alternating key and value; an item is either stored
 //! in place (type 1) or points to a chain of overflow pages (type 3: page number at 4, total
 //! length at 8). On an overflow page (type 7) the free-area offset field holds the number of
@@ -80,7 +80,7 @@ pub fn read_hash_values(bytes: &[u8]) -> Parsed<Vec<Vec<u8>>> {
             .push("unsupported rpmdb format: page 0 is not a hash metadata page".to_string());
         return parsed;
     }
-    if bytes.len() % page_size != 0 {
+    if !bytes.len().is_multiple_of(page_size) {
         parsed.problems.push(format!(
             "file of {} bytes is not a whole number of {page_size}-byte pages; it may be truncated",
             bytes.len()
@@ -161,7 +161,7 @@ fn read_overflow(
     }
     let mut value = Vec::with_capacity(total);
     let mut page_number = first_page;
-    // Each page is visited at most once, which also stops a chain that loops.
+    // A chain visits at most as many pages as the file has, which also ends a chain that loops.
     for _ in 0..page_count {
         if page_number == 0 || page_number >= page_count {
             return Err(format!(

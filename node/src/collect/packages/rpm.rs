@@ -47,9 +47,15 @@ const TYPE_STRING: u32 = 6;
 const TYPE_STRING_ARRAY: u32 = 8;
 const TYPE_I18NSTRING: u32 = 9;
 
+/// Reads the packages of one database file, recording problems as error facts.
+type DatabaseReader = fn(&Context, &mut Facts, &str) -> Option<Vec<Package>>;
+
+/// Header blobs by `hnum`, plus the error that ended reading early, if any.
+type SqliteBlobs = (Vec<(u32, Vec<u8>)>, Option<String>);
+
 /// Adds the packages of the first rpm database found to `packages`.
 pub fn collect(ctx: &Context, facts: &mut Facts, packages: &mut BTreeMap<String, Package>) {
-    let formats: [(&str, fn(&Context, &mut Facts, &str) -> Option<Vec<Package>>); 3] = [
+    let formats: [(&str, DatabaseReader); 3] = [
         ("rpmdb.sqlite", read_sqlite),
         ("Packages.db", read_ndb),
         ("Packages", read_bdb),
@@ -105,7 +111,7 @@ pub fn parse_bdb(bytes: &[u8]) -> Parsed<Vec<Package>> {
         .value
         .iter()
         .enumerate()
-        // The record with key 0 holds rpm's next package number, not a header.
+        // The record with key 0 contains rpm's next package number, not a header.
         .filter(|(_, value)| value.len() >= 8)
         .map(|(index, value)| (index as u32, value.as_slice()));
     parse_headers(headers, values.problems)
@@ -133,7 +139,7 @@ fn parse_headers<'a>(
 /// rpm keeps the database in WAL mode, and SQLite creates `-wal` and `-shm` files beside a WAL
 /// database even for a read-only connection when it may write there (root may write almost
 /// anywhere). So a captured tree is opened with `immutable=1`, which never writes. A live
-/// system is opened with `mode=ro` first, which also sees changes still in the WAL, and with
+/// system is opened with `mode=ro` first, which also reads changes still in the WAL, and with
 /// `immutable=1` when that fails.
 ///
 /// NOTE: in a captured tree, changes still in a non-empty `-wal` file are not seen.
@@ -188,8 +194,7 @@ fn read_sqlite(ctx: &Context, facts: &mut Facts, path: &str) -> Option<Vec<Packa
 
 /// Returns the header blobs in `hnum` order, plus the error that ended reading early, if any.
 /// Fails when the database cannot be opened or queried at all.
-#[allow(clippy::type_complexity)]
-fn query_sqlite_blobs(uri: &str) -> Result<(Vec<(u32, Vec<u8>)>, Option<String>), String> {
+fn query_sqlite_blobs(uri: &str) -> Result<SqliteBlobs, String> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
         | OpenFlags::SQLITE_OPEN_URI
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
