@@ -99,7 +99,8 @@ impl Serialize for NodeId {
         if serializer.is_human_readable() {
             serializer.serialize_str(&self.to_string())
         } else {
-            serializer.serialize_bytes(&self.0)
+            // A fixed-size tuple, matching the `[u8; 32]` that deserialization reads.
+            self.0.serialize(serializer)
         }
     }
 }
@@ -333,6 +334,14 @@ mod tests {
         assert!("QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N"
             .parse::<NodeId>()
             .is_err());
+    }
+
+    #[test]
+    fn node_id_binary_serde_round_trip() {
+        let node = NodeId([9; 32]);
+        let bytes = postcard::to_stdvec(&node).unwrap();
+        assert_eq!(bytes.len(), 32);
+        assert_eq!(postcard::from_bytes::<NodeId>(&bytes).unwrap(), node);
     }
 
     #[test]

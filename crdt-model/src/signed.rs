@@ -251,7 +251,8 @@ impl SignedChange {
     /// Returns the length in bytes of the encoded wire form, for accounting.
     pub fn wire_len(&self) -> usize {
         let doc_len = self.doc.to_bytes().len();
-        let sig_len = if self.signature.is_some() { 65 } else { 1 };
+        // `Option<Vec<u8>>`: a tag byte, then a one-byte length (64) and the signature.
+        let sig_len = if self.signature.is_some() { 66 } else { 1 };
         varint_len(doc_len) + doc_len + varint_len(self.bytes.len()) + self.bytes.len() + sig_len
     }
 }

@@ -245,3 +245,13 @@ fn wire_round_trip_keeps_change() {
         Err(VerifyError::Malformed { .. })
     ));
 }
+
+#[test]
+fn wire_len_matches_postcard_encoding() {
+    let (_, _, change) = recorded(1);
+    let encoded = postcard::to_stdvec(&change.to_wire()).unwrap();
+    assert_eq!(change.wire_len(), encoded.len());
+    let unsigned = change.with_signature(None);
+    let encoded = postcard::to_stdvec(&unsigned.to_wire()).unwrap();
+    assert_eq!(unsigned.wire_len(), encoded.len());
+}
