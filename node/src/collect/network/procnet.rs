@@ -219,7 +219,8 @@ pub fn parse_fib_trie_local(text: &str) -> Vec<Ipv4Addr> {
             last_leaf = address.trim().parse().ok();
             continue;
         }
-        if line.starts_with('/') && line.ends_with("LOCAL") {
+        // `/8 host LOCAL` marks the local 127.0.0.0/8 network, not an address.
+        if line.starts_with("/32 ") && line.ends_with("LOCAL") {
             if let Some(address) = last_leaf {
                 if !out.contains(&address) {
                     out.push(address);
@@ -347,7 +348,7 @@ mod tests {
 
     #[test]
     fn fib_trie_local_addresses() {
-        let text = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 0.0.0.0\n        /0 universe UNICAST\n     |-- 192.0.2.10\n        /32 host LOCAL\nLocal:\n     |-- 192.0.2.10\n        /32 host LOCAL\n     |-- 192.0.2.255\n        /32 link BROADCAST\n";
+        let text = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 0.0.0.0\n        /0 universe UNICAST\n     |-- 127.0.0.0\n        /8 host LOCAL\n     |-- 192.0.2.10\n        /32 host LOCAL\nLocal:\n     |-- 192.0.2.10\n        /32 host LOCAL\n     |-- 192.0.2.255\n        /32 link BROADCAST\n";
         assert_eq!(
             parse_fib_trie_local(text),
             vec![Ipv4Addr::new(192, 0, 2, 10)]
