@@ -7,4 +7,5 @@
 //! - [`daemon`]: the running node (`fleetmesh up`).
 
 pub mod collect;
+pub mod fleetkey;
 pub mod sync;
