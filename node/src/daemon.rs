@@ -149,12 +149,12 @@ pub fn validate_fleet(fleet: &str) -> Result<(), DaemonError> {
 
 /// What stream tasks report to the main loop.
 enum StreamEvent {
-    /// A peer's hello arrived on its inbound stream.
-    Hello(PeerId, Hello),
+    /// A peer's hello arrived on the inbound stream with this id.
+    Hello(PeerId, u64, Hello),
     /// A frame arrived after the hello.
     Frame(PeerId, Vec<u8>),
-    /// An inbound stream failed or ended.
-    ReaderClosed(PeerId, String),
+    /// The inbound stream with this id failed or ended.
+    ReaderClosed(PeerId, u64, String),
     /// The outbound stream task with this id failed or ended.
     WriterClosed(PeerId, u64, String),
 }
@@ -398,8 +398,8 @@ struct LoopState {
     rng: rand_chacha::ChaCha8Rng,
     collecting: bool,
     next_writer_id: u64,
-    /// Valid hellos received on each peer's current inbound stream.
-    hellos: HashMap<PeerId, Hello>,
+    /// The valid hello of each peer's current inbound stream, with that stream's id.
+    hellos: HashMap<PeerId, (u64, Hello)>,
 }
 
 type NodeEngine = Engine<Store, SignatureVerifier>;
@@ -530,7 +530,7 @@ impl LoopState {
         let Some(node) = net::node_of(&peer) else {
             return;
         };
-        let Some(hello) = self.hellos.get(&peer) else {
+        let Some((_, hello)) = self.hellos.get(&peer) else {
             return;
         };
         let Some(link) = self.links.get_mut(&peer) else {
@@ -580,7 +580,9 @@ impl LoopState {
         event: StreamEvent,
     ) {
         match event {
-            StreamEvent::Hello(peer, hello) => self.on_hello(swarm, engine, peer, hello),
+            StreamEvent::Hello(peer, reader_id, hello) => {
+                self.on_hello(swarm, engine, peer, reader_id, hello)
+            }
             StreamEvent::Frame(peer, bytes) => {
                 let Some(node) = net::node_of(&peer) else {
                     return;
@@ -602,8 +604,12 @@ impl LoopState {
                     }
                 }
             }
-            StreamEvent::ReaderClosed(peer, reason) => {
+            StreamEvent::ReaderClosed(peer, reader_id, reason) => {
                 debug!(peer = %peer, reason = %reason, "inbound sync stream closed");
+                let current = self.hellos.get(&peer).is_some_and(|(id, _)| *id == reader_id);
+                if !current {
+                    return;
+                }
                 // The peer sends a new hello on its next stream; until then it is out of sync.
                 self.hellos.remove(&peer);
                 if let Some(link) = self.links.get_mut(&peer) {
@@ -636,6 +642,7 @@ impl LoopState {
         swarm: &mut Swarm<Behaviour>,
         engine: &mut NodeEngine,
         peer: PeerId,
+        reader_id: u64,
         hello: Hello,
     ) {
         if net::node_of(&peer).is_none() {
@@ -653,7 +660,13 @@ impl LoopState {
             self.ban(swarm, peer);
             return;
         }
-        self.hellos.insert(peer, hello);
+        let replaced = self.hellos.insert(peer, (reader_id, hello)).is_some();
+        if replaced && self.links.contains_key(&peer) {
+            // A second stream means the peer reconnected, often after a restart, while our
+            // stream may still run over the old connection: start both directions afresh.
+            debug!(peer = %peer, "peer opened a new sync stream, resetting the link");
+            self.drop_link(engine, peer);
+        }
         if self.links.contains_key(&peer) {
             self.try_join(engine, peer);
         } else {
@@ -809,13 +822,16 @@ async fn accept_streams(
     mut incoming: libp2p_stream::IncomingStreams,
     events: mpsc::Sender<StreamEvent>,
 ) {
+    let mut next_reader_id = 0u64;
     while let Some((peer, stream)) = incoming.next().await {
-        tokio::spawn(read_stream(peer, stream, events.clone()));
+        next_reader_id += 1;
+        tokio::spawn(read_stream(peer, next_reader_id, stream, events.clone()));
     }
 }
 
 async fn read_stream(
     peer: PeerId,
+    reader_id: u64,
     mut stream: libp2p::Stream,
     events: mpsc::Sender<StreamEvent>,
 ) {
@@ -829,20 +845,20 @@ async fn read_stream(
             Ok(hello) => hello,
             Err(err) => {
                 let _ = events
-                    .send(StreamEvent::ReaderClosed(peer, err.to_string()))
+                    .send(StreamEvent::ReaderClosed(peer, reader_id, err.to_string()))
                     .await;
                 return;
             }
         },
         Ok(Ok(None)) => {
             let _ = events
-                .send(StreamEvent::ReaderClosed(peer, "closed before hello".into()))
+                .send(StreamEvent::ReaderClosed(peer, reader_id, "closed before hello".into()))
                 .await;
             return;
         }
         Ok(Err(err)) => {
             let _ = events
-                .send(StreamEvent::ReaderClosed(peer, err.to_string()))
+                .send(StreamEvent::ReaderClosed(peer, reader_id, err.to_string()))
                 .await;
             return;
         }
@@ -850,13 +866,14 @@ async fn read_stream(
             let _ = events
                 .send(StreamEvent::ReaderClosed(
                     peer,
+                    reader_id,
                     "timed out waiting for hello".into(),
                 ))
                 .await;
             return;
         }
     };
-    if events.send(StreamEvent::Hello(peer, hello)).await.is_err() {
+    if events.send(StreamEvent::Hello(peer, reader_id, hello)).await.is_err() {
         return;
     }
     loop {
@@ -868,13 +885,13 @@ async fn read_stream(
             }
             Ok(None) => {
                 let _ = events
-                    .send(StreamEvent::ReaderClosed(peer, "end of stream".into()))
+                    .send(StreamEvent::ReaderClosed(peer, reader_id, "end of stream".into()))
                     .await;
                 return;
             }
             Err(err) => {
                 let _ = events
-                    .send(StreamEvent::ReaderClosed(peer, err.to_string()))
+                    .send(StreamEvent::ReaderClosed(peer, reader_id, err.to_string()))
                     .await;
                 return;
             }

@@ -110,6 +110,19 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Creates a temporary directory for a test's nodes. With `FLEETMESH_KEEP_TEST_DIRS=1` it is
+/// kept after the test, and its path is printed, so logs and stores can be inspected.
+pub fn test_dir() -> Result<(Option<tempfile::TempDir>, PathBuf)> {
+    let dir = tempfile::Builder::new().prefix("fleetmesh-test-").tempdir()?;
+    if std::env::var_os("FLEETMESH_KEEP_TEST_DIRS").is_some() {
+        let path = dir.keep();
+        println!("keeping test directory {}", path.display());
+        return Ok((None, path));
+    }
+    let path = dir.path().to_path_buf();
+    Ok((Some(dir), path))
+}
+
 /// Polls `check` every 200 ms until it returns `Some`, or fails after `timeout`.
 pub fn wait_for<T>(
     what: &str,
@@ -294,7 +307,11 @@ impl TestNode {
 
     /// Returns the tail of the node's log, for failure messages.
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = fs::read_to_string(&self.log_path).unwrap_or_default();
+        let bytes = match fs::read(&self.log_path) {
+            Ok(bytes) => bytes,
+            Err(err) => return format!("(cannot read {}: {err})", self.log_path.display()),
+        };
+        let text = String::from_utf8_lossy(&bytes);
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use fleetmesh_tests::{fixture_root, set_dpkg_version, wait_for, TestNode};
+use fleetmesh_tests::{fixture_root, set_dpkg_version, test_dir, wait_for, TestNode};
 
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -30,10 +30,10 @@ fn fleet_packages(node: &TestNode) -> Result<Vec<serde_json::Value>> {
 fn three_nodes_sync_and_recover_from_sigkill() -> Result<()> {
     let (source, described) = fixture_root();
     println!("using the {described}");
-    let base = tempfile::tempdir()?;
-    let mut a = TestNode::new(base.path(), "node-a", &source)?;
-    let mut b = TestNode::new(base.path(), "node-b", &source)?;
-    let mut c = TestNode::new(base.path(), "node-c", &source)?;
+    let (_guard, base) = test_dir()?;
+    let mut a = TestNode::new(&base, "node-a", &source)?;
+    let mut b = TestNode::new(&base, "node-b", &source)?;
+    let mut c = TestNode::new(&base, "node-c", &source)?;
 
     // A starts alone and creates the fleet; B and C join it through A's address.
     a.start(&[])?;
