@@ -8,4 +8,5 @@
 
 pub mod collect;
 pub mod fleetkey;
+pub mod query;
 pub mod sync;

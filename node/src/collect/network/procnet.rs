@@ -3,8 +3,11 @@
 //! Two address notations appear there. `route`, `tcp` and `udp` print each 32-bit word of an
 //! address as the host's `u32` in hex, so the bytes read back in the host's byte order.
 //! `if_inet6` and `ipv6_route` print the bytes in network order. The `native_order` argument
-//! says whether the file was written by the machine reading it (live); a captured tree is
-//! assumed to come from a little-endian machine (x86 or ARM).
+//! is true when the machine reading the file also wrote it (live). A captured tree is assumed
+//! to come from a little-endian machine (x86 or ARM).
+//!
+//! NOTE: a tree captured on a big-endian machine (s390x) and read elsewhere gets its IPv4 and
+//! socket addresses byte-swapped.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
