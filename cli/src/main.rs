@@ -39,6 +39,8 @@ enum Command {
     Schema(commands::read::SchemaArgs),
     /// Print this machine's facts without joining a mesh.
     Collect(commands::collect::CollectArgs),
+    /// Create the fleet root key and join tokens (run on an administrator's machine).
+    Fleet(commands::fleet::FleetArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         Command::Query(args) => commands::read::query(&data_dir, args),
         Command::Schema(args) => commands::read::schema(args),
         Command::Collect(args) => commands::collect::run(args),
+        Command::Fleet(args) => commands::fleet::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,5 +1,6 @@
 //! One module per group of subcommands.
 
 pub mod collect;
+pub mod fleet;
 pub mod read;
 pub mod up;

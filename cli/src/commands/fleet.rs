@@ -1,0 +1,320 @@
+//! `fleetmesh fleet init` and `fleetmesh fleet token`: create the fleet root key and join tokens.
+//!
+//! Both commands run on an administrator's machine, never on a managed node. The root key file
+//! defaults to the user's configuration directory, away from the node data directory. The
+//! passphrase comes from `FLEETMESH_FLEET_PASSPHRASE`, else from a terminal prompt without echo,
+//! else from the first line of standard input.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use fleetmesh_model::membership::{format_utc, JoinToken, Role, Scope, TokenValidity};
+use fleetmesh_model::TenantId;
+use fleetmesh_node::fleetkey;
+use rand::rngs::OsRng;
+use zeroize::Zeroizing;
+
+/// Environment variable that supplies the fleet key passphrase.
+const PASSPHRASE_ENV: &str = "FLEETMESH_FLEET_PASSPHRASE";
+
+/// Options of `fleetmesh fleet`.
+#[derive(Args, Debug)]
+pub struct FleetArgs {
+    #[command(subcommand)]
+    command: FleetCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum FleetCommand {
+    /// Create the fleet root key, encrypted with a passphrase, and print the fleet id.
+    Init(InitArgs),
+    /// Create a join token that enrolls machines into one tenant and site, and print it.
+    Token(TokenArgs),
+}
+
+/// The `--key-file` option shared by the fleet commands.
+#[derive(Args, Debug)]
+struct KeyFileArg {
+    /// Fleet root key file [default: $XDG_CONFIG_HOME/fleetmesh/fleet.key, or
+    /// ~/.config/fleetmesh/fleet.key].
+    #[arg(long, value_name = "PATH")]
+    key_file: Option<PathBuf>,
+}
+
+impl KeyFileArg {
+    fn path(&self) -> anyhow::Result<PathBuf> {
+        match &self.key_file {
+            Some(path) => Ok(path.clone()),
+            None => fleetkey::default_path().context(
+                "neither XDG_CONFIG_HOME nor HOME is set, so there is no default fleet key path; pass --key-file",
+            ),
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct InitArgs {
+    #[command(flatten)]
+    key: KeyFileArg,
+}
+
+#[derive(Args, Debug)]
+struct TokenArgs {
+    /// Tenant (customer) that enrolled machines belong to.
+    #[arg(long, value_name = "NAME")]
+    tenant: String,
+
+    /// Site (location) of the enrolled machines.
+    #[arg(long, value_name = "NAME")]
+    site: String,
+
+    /// Role of the enrolled machines.
+    #[arg(long, value_enum)]
+    role: RoleArg,
+
+    /// For operators: further tenants whose documents they may replicate and write,
+    /// comma-separated.
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    tenants: Vec<String>,
+
+    /// How long the token can enroll machines, as a number and a unit (s, m, h, d, w), e.g. 24h.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    expires: i64,
+
+    /// How long certificates of machines enrolled with this token stay valid, counted from now.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "365d")]
+    valid_for: i64,
+
+    #[command(flatten)]
+    key: KeyFileArg,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum RoleArg {
+    /// A managed machine.
+    Node,
+    /// A technician's or NOC machine that manages tenants.
+    Operator,
+}
+
+impl From<RoleArg> for Role {
+    fn from(role: RoleArg) -> Role {
+        match role {
+            RoleArg::Node => Role::Node,
+            RoleArg::Operator => Role::Operator,
+        }
+    }
+}
+
+/// Runs a `fleetmesh fleet` subcommand.
+pub fn run(args: FleetArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        FleetCommand::Init(args) => init(args),
+        FleetCommand::Token(args) => token(args),
+    }
+}
+
+fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
+    let path = args.key.path()?;
+    if path.exists() {
+        anyhow::bail!(
+            "fleet key {} already exists; keep using it, or move it aside to create a new fleet",
+            path.display()
+        );
+    }
+    let passphrase = read_passphrase(&path, true)?;
+    let fleet = fleetkey::create(&path, &passphrase)?;
+
+    println!("fleet id: {fleet}");
+    println!("key file: {}", path.display());
+    eprintln!(
+        "The key file is encrypted with your passphrase. Keep it and a backup off managed machines: whoever has both can enroll machines into this fleet."
+    );
+    eprintln!("Create a join token with: fleetmesh fleet token --tenant NAME --site NAME --role node --expires 24h");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
+    // Check the request before asking for the passphrase.
+    let tenant = TenantId::new(&args.tenant)?;
+    let tenants = args
+        .tenants
+        .iter()
+        .filter(|name| !name.is_empty())
+        .map(|name| TenantId::new(name))
+        .collect::<Result<Vec<_>, _>>()?;
+    if args.valid_for < args.expires {
+        anyhow::bail!(
+            "--valid-for must be at least --expires, because a certificate issued at the end of the token's window must still be valid"
+        );
+    }
+    let scope = Scope::new(tenant, &args.site, args.role.into(), tenants)?;
+    let now = unix_now()?;
+    let validity = TokenValidity {
+        not_before: now,
+        expires: now.saturating_add(args.expires),
+        certificate_expires: now.saturating_add(args.valid_for),
+    };
+
+    // Sign with the root key.
+    let path = args.key.path()?;
+    // Report a missing or exposed key file before prompting for the passphrase.
+    fleetkey::read_fleet_id(&path)?;
+    let passphrase = read_passphrase(&path, false)?;
+    let root = fleetkey::load(&path, &passphrase)?;
+    let token = JoinToken::create(&root, scope, validity, &mut OsRng)?;
+
+    println!("{}", token.to_text());
+    let enrollment = token.enrollment();
+    eprintln!(
+        "Join token {} for tenant {}, site {}, role {}: enrolls machines until {}; their certificates expire at {}.",
+        enrollment.token_id,
+        enrollment.scope.tenant,
+        enrollment.scope.site,
+        enrollment.scope.role,
+        format_utc(validity.expires),
+        format_utc(validity.certificate_expires),
+    );
+    // TODO: print the enrollment command once `fleetmesh join` exists.
+    eprintln!("Keep the token secret: anyone who has it can enroll machines until it expires.");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn unix_now() -> anyhow::Result<i64> {
+    let elapsed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .context("the system clock is before 1970; set the clock")?;
+    i64::try_from(elapsed.as_secs()).context("the system clock is out of range; set the clock")
+}
+
+/// Parses a duration such as `90s`, `30m`, `24h`, `7d` or `2w` into seconds.
+fn parse_duration(text: &str) -> Result<i64, String> {
+    let invalid = || {
+        format!("invalid duration {text:?}: use a positive number and a unit (s, m, h, d or w), e.g. 30m, 24h or 7d")
+    };
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(invalid)?;
+    let (number, unit) = text.split_at(split);
+    let number: i64 = number.parse().map_err(|_| invalid())?;
+    let unit_secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(invalid()),
+    };
+    match number.checked_mul(unit_secs) {
+        Some(secs) if secs > 0 => Ok(secs),
+        _ => Err(invalid()),
+    }
+}
+
+/// Reads the passphrase for the key file at `path`. With `confirm`, a terminal prompt reads it
+/// twice and requires both entries to match.
+fn read_passphrase(path: &Path, confirm: bool) -> anyhow::Result<Zeroizing<String>> {
+    let empty = || {
+        anyhow::anyhow!(
+            "the passphrase for fleet key {} is empty; set {PASSPHRASE_ENV} or type a passphrase that is not empty",
+            path.display()
+        )
+    };
+
+    if let Some(value) = std::env::var_os(PASSPHRASE_ENV) {
+        let value = Zeroizing::new(value.into_string().map_err(|_| {
+            anyhow::anyhow!("{PASSPHRASE_ENV} is not valid UTF-8; set it to a UTF-8 passphrase")
+        })?);
+        if value.is_empty() {
+            return Err(empty());
+        }
+        return Ok(value);
+    }
+
+    if std::io::stdin().is_terminal() {
+        let prompt = format!("Passphrase for fleet key {}: ", path.display());
+        let first = Zeroizing::new(
+            rpassword::prompt_password(prompt)
+                .context("failed to read the passphrase from the terminal")?,
+        );
+        if first.is_empty() {
+            return Err(empty());
+        }
+        if confirm {
+            let second = Zeroizing::new(
+                rpassword::prompt_password("Repeat the passphrase: ")
+                    .context("failed to read the passphrase from the terminal")?,
+            );
+            if *first != *second {
+                anyhow::bail!("the two passphrases differ; run the command again");
+            }
+        }
+        return Ok(first);
+    }
+
+    let mut line = Zeroizing::new(String::new());
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("failed to read the passphrase from standard input")?;
+    let passphrase = Zeroizing::new(trim_line_end(&line).to_string());
+    if passphrase.is_empty() {
+        return Err(empty());
+    }
+    Ok(passphrase)
+}
+
+/// Removes one trailing `\n` or `\r\n`; other whitespace is part of the passphrase.
+fn trim_line_end(line: &str) -> &str {
+    let line = line.strip_suffix('\n').unwrap_or(line);
+    line.strip_suffix('\r').unwrap_or(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duration_units() {
+        assert_eq!(parse_duration("90s"), Ok(90));
+        assert_eq!(parse_duration("30m"), Ok(1800));
+        assert_eq!(parse_duration("24h"), Ok(86_400));
+        assert_eq!(parse_duration("7d"), Ok(604_800));
+        assert_eq!(parse_duration("2w"), Ok(1_209_600));
+    }
+
+    #[test]
+    fn duration_rejects_bad_input() {
+        for text in [
+            "",
+            "24",
+            "h",
+            "0h",
+            "-1h",
+            "1.5h",
+            "24 h",
+            "24hours",
+            "99999999999999999999d",
+        ] {
+            let err = parse_duration(text).unwrap_err();
+            assert!(err.contains("e.g. 30m"), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn duration_rejects_overflow() {
+        assert!(parse_duration(&format!("{}w", i64::MAX / 2)).is_err());
+    }
+
+    #[test]
+    fn line_end_trimmed_once() {
+        assert_eq!(trim_line_end("secret\n"), "secret");
+        assert_eq!(trim_line_end("secret\r\n"), "secret");
+        assert_eq!(trim_line_end(" secret \n\n"), " secret \n");
+        assert_eq!(trim_line_end("secret"), "secret");
+    }
+}
