@@ -758,6 +758,10 @@ impl LoopState {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
         };
         let time = unix_now();
+        // The local node is always current in its own replica.
+        if let Err(err) = engine.store().set_peer_status(&self.node_id, time, false) {
+            warn!(error = %err, "recording the local node's status failed");
+        }
         match engine
             .store_mut()
             .record_local(&self.doc_id, &identity, &facts, time, &self.key)

@@ -27,6 +27,9 @@ pub const APPLICATION_ID: i32 = 0x464c_4d53;
 /// Version of the store's own tables; bumped when their layout changes.
 pub const STORE_FORMAT: i64 = 1;
 
+/// Meta key holding the materializer version the fact tables were built with.
+const META_FACT_TABLES: &str = "fact_tables_version";
+
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "fleetmesh.db";
 
@@ -133,6 +136,7 @@ impl Store {
             docs: DocCache::new(DOC_CACHE_MAX),
         };
         store.load_index()?;
+        store.migrate_fact_tables()?;
         Ok(store)
     }
 
@@ -179,6 +183,34 @@ impl Store {
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             params![key, value],
         )?;
+        Ok(())
+    }
+
+    /// Rebuilds the fact tables from the documents when they were written by another version
+    /// of the materializer. The signed changes are untouched; only derived rows are replaced.
+    fn migrate_fact_tables(&mut self) -> Result<(), StoreError> {
+        let wanted = materialize::SCHEMA_VERSION.to_string();
+        if self.meta(META_FACT_TABLES)?.as_deref() == Some(wanted.as_str()) {
+            return Ok(());
+        }
+        let documents = self.documents()?;
+        if !documents.is_empty() {
+            tracing::info!(documents = documents.len(), version = %wanted, "rebuilding the fact tables");
+        }
+        materialize::drop_tables(&self.conn)?;
+        materialize::create_tables(&self.conn)?;
+        for id in documents.iter().filter(|id| id.kind == DocKind::Node) {
+            let mut doc = read_document(&self.conn, id)?;
+            let last_change: i64 = self.conn.query_row(
+                "SELECT COALESCE(MAX(time), 0) FROM signed_changes WHERE doc = ?1",
+                [id.to_bytes()],
+                |row| row.get(0),
+            )?;
+            let tx = self.conn.transaction()?;
+            materialize::rebuild_node(&tx, &mut doc, last_change)?;
+            tx.commit()?;
+        }
+        self.set_meta(META_FACT_TABLES, &wanted)?;
         Ok(())
     }
 
