@@ -314,7 +314,7 @@ fn split_options_aware(line: &str) -> Vec<String> {
 mod tests {
     use super::*;
 
-    /// An ed25519 public key blob for `key`, encoded as in `authorized_keys`.
+    /// Builds an `authorized_keys` line and its key blob for the ed25519 key `key`.
     fn ed25519_line(key: [u8; 32], prefix: &str) -> (String, Vec<u8>) {
         let mut blob = Vec::new();
         blob.extend_from_slice(&11u32.to_be_bytes());

@@ -8,7 +8,7 @@
 //! - routes from `/proc/net/route` and `/proc/net/ipv6_route`;
 //! - sockets from `/proc/net/{tcp,udp}{,6}`.
 //!
-//! On a live system `ip -j addr` stands in when `fib_trie` is missing, and socket owners are
+//! On a live system `ip -j addr` is used when `fib_trie` is missing, and socket owners are
 //! found by matching socket inodes with the `/proc/<pid>/fd` links.
 //!
 //! Left out because they change on their own: `veth*` interfaces (created per container),

@@ -1,14 +1,19 @@
 //! Berkeley DB hash databases, as rpm's `bdb` backend writes `Packages` (RHEL and CentOS 7 and
 //! 8). Only what is needed to list the stored values is read.
 //!
-//! Layout: page 0 is the hash metadata page, with the magic `0x061561` at offset 12 and the page
-//! size at 20. Every page starts with a 26-byte header: page number at 8, next page at 16, entry
-//! count at 20, free-area offset at 22, page type at 25. Hash pages (types 2 and 13) hold an array of
-//! 16-bit item offsets after the header, alternating key and value; an item is either stored
-//! in place (type 1) or points to a chain of overflow pages (type 3: page number at 4, total
-//! length at 8). On an overflow page (type 7) the free-area offset field holds the number of
-//! bytes on that page. Integers are in the byte order of the machine that wrote the file,
-//! which the magic reveals.
+//! Layout:
+//! - page 0 is the hash metadata page, with the magic `0x061561` at offset 12 and the page size
+//!   at 20;
+//! - every page starts with a 26-byte header: page number at 8, next page at 16, entry count at
+//!   20, free-area offset at 22, page type at 25;
+//! - hash pages (types 2 and 13) contain an array of 16-bit item offsets after the header,
+//!   alternating key and value;
+//! - an item is either stored in place (type 1) or points to a chain of overflow pages (type 3,
+//!   with the first page number at 4 and the total length at 8);
+//! - on an overflow page (type 7), the free-area offset field contains the number of bytes on
+//!   that page.
+//!
+//! Integers are in the byte order of the machine that wrote the file, which the magic reveals.
 
 use crate::collect::Parsed;
 
