@@ -34,6 +34,9 @@ fn three_nodes_sync_and_recover_from_sigkill() -> Result<()> {
     let mut a = TestNode::new(&base, "node-a", &source)?;
     let mut b = TestNode::new(&base, "node-b", &source)?;
     let mut c = TestNode::new(&base, "node-c", &source)?;
+    // Each root differs in host name and in one package, so the nodes hold different facts.
+    set_dpkg_version(&b.root, "curl", "7.88.1-10+deb12u77")?;
+    set_dpkg_version(&c.root, "curl", "7.88.1-10+deb12u88")?;
 
     // A starts alone and creates the fleet; B and C join it through A's address.
     a.start(&[])?;
@@ -54,6 +57,17 @@ fn three_nodes_sync_and_recover_from_sigkill() -> Result<()> {
     let before_kill = fleet_packages(&c)?;
     assert!(!before_kill.is_empty(), "node-c holds no packages");
     assert_eq!(before_kill, fleet_packages(&a)?, "node-a and node-c disagree before the kill");
+    assert_eq!(before_kill, fleet_packages(&b)?, "node-b and node-c disagree before the kill");
+    for (hostname, version) in [("node-b", "7.88.1-10+deb12u77"), ("node-c", "7.88.1-10+deb12u88")] {
+        for node in [&a, &b, &c] {
+            assert_eq!(
+                package_version(node, hostname, "curl")?.as_deref(),
+                Some(version),
+                "{} sees the wrong curl of {hostname}",
+                node.name
+            );
+        }
+    }
 
     // C dies without warning; what it held is still in its store.
     c.kill()?;
