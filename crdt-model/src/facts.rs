@@ -159,7 +159,7 @@ pub struct Mount {
     pub options: String,
     /// Size in bytes.
     pub total_bytes: Option<u64>,
-    /// Free bytes, rounded down to 1/1000 of the total so that ordinary churn writes no change.
+    /// Free bytes, rounded down to 1/100 of the total so that ordinary churn writes no change.
     pub free_bytes: Option<u64>,
 }
 

@@ -6,7 +6,7 @@
 //! every time a container starts or a user logs in. When a mount point is mounted twice, the
 //! later entry is the one that is visible, so it wins.
 //!
-//! Free space is rounded down to 1/1000 of the total, so ordinary churn writes no change. Sizes
+//! Free space is rounded down to 1/100 of the total, so ordinary churn writes no change. Sizes
 //! come from `statvfs`, which is called only on a live system. On a network file system it runs
 //! on its own thread with a short timeout, because `statvfs` on a hung NFS server blocks.
 
@@ -213,9 +213,10 @@ pub fn is_managed_storage(entry: &MountEntry) -> bool {
     !transient
 }
 
-/// Rounds free bytes down to a multiple of 1/1000 of the total.
+/// Rounds free bytes down to a multiple of 1/100 of the total. Logs and caches move free space
+/// every day, and a finer step would record that churn as configuration changes.
 pub fn round_free(free: u64, total: u64) -> u64 {
-    let step = (total / 1000).max(1);
+    let step = (total / 100).max(1);
     free / step * step
 }
 
@@ -263,7 +264,7 @@ mod tests {
 
     #[test]
     fn free_space_rounding() {
-        assert_eq!(round_free(123_456_789, 1_000_000_000), 123_000_000);
+        assert_eq!(round_free(123_456_789, 1_000_000_000), 120_000_000);
         assert_eq!(round_free(5, 10), 5);
         assert_eq!(round_free(0, 0), 0);
     }
