@@ -7,6 +7,10 @@
 //! - [`daemon`]: the running node (`fleetmesh up`).
 
 pub mod collect;
+pub mod daemon;
 pub mod fleetkey;
+pub mod keyfile;
+pub mod net;
 pub mod query;
+pub mod store;
 pub mod sync;
