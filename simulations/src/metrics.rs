@@ -118,6 +118,8 @@ pub struct Metrics {
     pub safety_end_s: f64,
     /// End of the run, in seconds.
     pub end_s: f64,
+    /// Start of the measurement, in seconds.
+    pub measure_from_s: f64,
     /// When every live node had converged, in microseconds.
     #[serde(skip)]
     pub converged_at: Option<u64>,
@@ -149,6 +151,8 @@ pub struct Metrics {
     pub disconnect_reasons: Vec<String>,
     /// Node crashes.
     pub crashes: u64,
+    /// Processed events by kind (message kinds for deliveries).
+    pub events: BTreeMap<&'static str, u64>,
     /// Nodes that joined during the run.
     pub joined: u64,
     /// Distinct changes verified with ed25519.
@@ -162,6 +166,9 @@ pub struct Metrics {
     totals: Stats,
     #[serde(skip)]
     per_node: Vec<(u64, u64)>,
+    /// Per-node counters at the start of the measurement (empty: all zero).
+    #[serde(skip)]
+    pub(crate) baseline: Vec<Stats>,
     #[serde(skip)]
     tracked: BTreeMap<(ChainIx, u64), Tracked>,
     #[serde(skip)]
@@ -189,6 +196,7 @@ impl Metrics {
             packages: templates.packages,
             safety_end_s: scenario.faults.duration_s,
             end_s: 0.0,
+            measure_from_s: scenario.workload.measure_from_s,
             converged_at: None,
             convergence_s: None,
             violations: Vec::new(),
@@ -204,12 +212,14 @@ impl Metrics {
             engine_disconnects: 0,
             disconnect_reasons: Vec::new(),
             crashes: 0,
+            events: BTreeMap::new(),
             joined: 0,
             verifications: 0,
             signed_changes: 0,
             overlay_entries: 0,
             totals: Stats::default(),
             per_node: Vec::new(),
+            baseline: Vec::new(),
             tracked: BTreeMap::new(),
             nodes_len: nodes_total,
         }
@@ -261,6 +271,10 @@ impl Metrics {
         };
     }
 
+    pub(crate) fn count_event(&mut self, kind: &'static str) {
+        *self.events.entry(kind).or_insert(0) += 1;
+    }
+
     pub(crate) fn sample(&mut self, at: u64, live: usize, converged: usize) {
         self.samples.push(Sample {
             t_s: at as f64 / 1e6,
@@ -273,10 +287,14 @@ impl Metrics {
         self.safety_end_s = at as f64 / 1e6;
     }
 
-    pub(crate) fn node_stats(&mut self, joined: bool, stats: &Stats) {
+    pub(crate) fn node_stats(&mut self, node: usize, joined: bool, stats: &Stats) {
         if !joined {
             return;
         }
+        let stats = &match self.baseline.get(node) {
+            Some(before) => subtract_stats(stats, before),
+            None => stats.clone(),
+        };
         add_counters(&mut self.totals.bytes_received, &stats.bytes_received);
         self.totals.changes_new += stats.changes_new;
         self.totals.change_bytes_new += stats.change_bytes_new;
@@ -350,7 +368,7 @@ impl Metrics {
         }
         let totals = &self.totals;
         let all_change_bytes = totals.change_bytes_new + totals.change_bytes_duplicate;
-        let duration_h = (self.end_s / 3_600.0).max(1e-9);
+        let duration_h = ((self.end_s - self.measure_from_s) / 3_600.0).max(1e-9);
         self.per_node.sort_unstable();
         let nodes = self.per_node.len().max(1) as f64;
         self.bytes = Bytes {
@@ -373,6 +391,30 @@ impl Metrics {
     /// Adds bytes offered to the network.
     pub(crate) fn add_wire(&mut self, len: u64) {
         self.bytes.wire_bytes += len;
+    }
+}
+
+fn subtract_stats(after: &Stats, before: &Stats) -> Stats {
+    let kinds = |after: &KindCounters, before: &KindCounters| KindCounters {
+        summary: after.summary - before.summary,
+        ranges: after.ranges - before.ranges,
+        changes: after.changes - before.changes,
+        repair: after.repair - before.repair,
+        ihave: after.ihave - before.ihave,
+        graft: after.graft - before.graft,
+        request: after.request - before.request,
+        prune: after.prune - before.prune,
+    };
+    Stats {
+        messages_sent: kinds(&after.messages_sent, &before.messages_sent),
+        bytes_sent: kinds(&after.bytes_sent, &before.bytes_sent),
+        messages_received: kinds(&after.messages_received, &before.messages_received),
+        bytes_received: kinds(&after.bytes_received, &before.bytes_received),
+        changes_new: after.changes_new - before.changes_new,
+        change_bytes_new: after.change_bytes_new - before.change_bytes_new,
+        changes_duplicate: after.changes_duplicate - before.changes_duplicate,
+        change_bytes_duplicate: after.change_bytes_duplicate - before.change_bytes_duplicate,
+        ..Stats::default()
     }
 }
 

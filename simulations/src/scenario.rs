@@ -111,7 +111,7 @@ fn default_history() -> u64 {
 
 /// Template documents (see the templates module).
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct DocumentsSpec {
     /// Number of distinct template documents.
     pub templates: usize,
@@ -130,7 +130,7 @@ impl Default for DocumentsSpec {
 
 /// Peers, latencies and bandwidth.
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct TopologySpec {
     /// Same-site peers each node dials, at most.
     pub lan_peers: usize,
@@ -194,6 +194,14 @@ pub struct WorkloadSpec {
     /// Single changes at fixed times, each on one random node.
     #[serde(default)]
     pub probes: Vec<Probe>,
+    /// Changes on random nodes before `measure_from_s`, so that the eager push links have
+    /// thinned out to a tree as in a fleet that has been running for a while.
+    #[serde(default)]
+    pub warmup_changes: usize,
+    /// Start of the measurement, in seconds: changes written earlier are not followed, and
+    /// byte counters start here.
+    #[serde(default)]
+    pub measure_from_s: f64,
 }
 
 /// One change written at a fixed time.
@@ -322,6 +330,8 @@ impl Scenario {
             join.nodes = ((join.nodes as f64 * ratio).round() as usize).max(1);
         }
         self.fleet.nodes = nodes;
+        // A tenant needs a site of its own; a small fleet keeps as many tenants as it has sites.
+        self.fleet.tenants = self.fleet.tenants.min(self.fleet.sites);
         Ok(())
     }
 
@@ -380,6 +390,16 @@ impl Scenario {
         let faults = &self.faults;
         if !(faults.duration_s.is_finite() && faults.duration_s > 0.0) {
             bail!("[faults] duration_s must be positive, got {}", faults.duration_s);
+        }
+        if !(0.0..faults.duration_s).contains(&workload.measure_from_s) {
+            bail!(
+                "[workload] measure_from_s = {} lies outside the safety phase 0..{}",
+                workload.measure_from_s,
+                faults.duration_s
+            );
+        }
+        if workload.warmup_changes > 0 && workload.measure_from_s <= 0.0 {
+            bail!("[workload] warmup_changes needs measure_from_s > 0 to write them before");
         }
         for probe in &workload.probes {
             if !(0.0..faults.duration_s).contains(&probe.at_s) {

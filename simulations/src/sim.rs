@@ -93,6 +93,15 @@ impl Node {
     fn live(&self) -> bool {
         self.joined && self.engine.is_some()
     }
+
+    /// Counters of every incarnation so far.
+    fn total_stats(&self) -> Stats {
+        let mut stats = self.past_stats.clone();
+        if let Some(engine) = self.engine.as_ref() {
+            add_stats(&mut stats, engine.stats());
+        }
+        stats
+    }
 }
 
 struct Link {
@@ -122,6 +131,8 @@ enum Event {
         incarnation: u32,
     },
     Probe,
+    Warmup,
+    MeasureStart,
     NextWrite,
     Crash,
     Restart {
@@ -209,6 +220,8 @@ pub struct Sim {
     trace: Option<Trace>,
     /// Chains written since the last rebase.
     dirty: BTreeMap<ChainIx, ()>,
+    /// Changes written now are followed node by node.
+    measuring: bool,
 }
 
 struct SiteState {
@@ -341,6 +354,7 @@ impl Sim {
             metrics,
             trace: options.trace.then(Trace::default),
             dirty: BTreeMap::new(),
+            measuring: true,
         };
 
         for index in 0..sim.scenario.fleet.nodes as u32 {
@@ -360,6 +374,15 @@ impl Sim {
         let probes: Vec<f64> = self.scenario.workload.probes.iter().map(|p| p.at_s).collect();
         for at_s in probes {
             self.schedule((at_s * SECOND as f64) as u64, Event::Probe);
+        }
+        let measure_from = (self.scenario.workload.measure_from_s * SECOND as f64) as u64;
+        for _ in 0..self.scenario.workload.warmup_changes {
+            let at = self.rng.workload.gen_range(0..measure_from.max(1));
+            self.schedule(at, Event::Warmup);
+        }
+        if measure_from > 0 {
+            self.measuring = false;
+            self.schedule(measure_from, Event::MeasureStart);
         }
         if self.scenario.workload.changes_per_node_day > 0.0 {
             self.schedule_next_write();
@@ -864,7 +887,9 @@ impl Sim {
                 other.missing += 1;
             }
         }
-        self.metrics.written(chain, seq, node, tenant, self.now);
+        if self.measuring {
+            self.metrics.written(chain, seq, node, tenant, self.now);
+        }
         let now = self.engine_now(node);
         if let Some(engine) = self.nodes[node as usize].engine.as_mut() {
             engine.handle_local_change(change, now);
@@ -1045,6 +1070,7 @@ impl Sim {
                 break;
             }
             self.now = next.at;
+            self.metrics.count_event(event_kind(&next.event));
             if let Some(trace) = self.trace.as_mut() {
                 trace.record(next.at, next.sequence, &next.event);
             }
@@ -1079,6 +1105,16 @@ impl Sim {
                     engine.handle_timeout(now);
                 }
                 self.drain(node);
+            }
+            Event::Warmup => {
+                if let Some(node) = self.random_live_node() {
+                    self.write(node)?;
+                }
+            }
+            Event::MeasureStart => {
+                self.measuring = true;
+                let baseline: Vec<Stats> = self.nodes.iter().map(Node::total_stats).collect();
+                self.metrics.baseline = baseline;
             }
             Event::Probe => {
                 if let Some(node) = self.random_live_node() {
@@ -1170,12 +1206,9 @@ impl Sim {
         self.check_invariants();
 
         // Counters: crashed incarnations plus the engines alive now.
-        for node in &self.nodes {
-            let mut stats = node.past_stats.clone();
-            if let Some(engine) = node.engine.as_ref() {
-                add_stats(&mut stats, engine.stats());
-            }
-            self.metrics.node_stats(node.joined, &stats);
+        for (index, node) in self.nodes.iter().enumerate() {
+            let stats = node.total_stats();
+            self.metrics.node_stats(index, node.joined, &stats);
         }
         {
             let fleet = self.fleet.borrow();
@@ -1292,6 +1325,15 @@ impl Node {
     }
 }
 
+fn event_kind(event: &Event) -> &'static str {
+    match event {
+        Event::Deliver { message, .. } => message.kind().as_str(),
+        Event::Timer { .. } => "timer",
+        Event::Reconnect { .. } => "reconnect",
+        _ => "other",
+    }
+}
+
 fn site_name(site: u32) -> String {
     format!("site-{site:04}")
 }
@@ -1305,7 +1347,7 @@ fn exponential(rng: &mut ChaCha8Rng, rate: f64) -> u64 {
     ((-uniform.ln() / rate) * SECOND as f64) as u64
 }
 
-fn add_stats(total: &mut Stats, more: &Stats) {
+pub(crate) fn add_stats(total: &mut Stats, more: &Stats) {
     use fleetmesh_node::sync::MessageKind;
     let add_kinds = |total: &mut fleetmesh_node::sync::KindCounters, more: &fleetmesh_node::sync::KindCounters| {
         for kind in MessageKind::ALL {
