@@ -125,7 +125,7 @@ pub struct Metrics {
     pub converged_at: Option<u64>,
     /// Seconds from the end of the safety phase until every live node converged.
     pub convergence_s: Option<f64>,
-    /// Invariant violations; empty when the run passed.
+    /// Invariant violations, empty when the run passed.
     pub violations: Vec<String>,
     /// Changes written during the run.
     pub changes_written: usize,
@@ -231,7 +231,7 @@ impl Metrics {
     }
 
     pub(crate) fn violation(&mut self, text: String) {
-        // A broken run can produce one violation per node; keep the report readable.
+        // A broken run can produce one violation per node, so keep only the first 50.
         if self.violations.len() < 50 {
             self.violations.push(text);
         }

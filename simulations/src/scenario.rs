@@ -90,9 +90,9 @@ fn default_seed() -> u64 {
 pub struct FleetSpec {
     /// Number of nodes at the start.
     pub nodes: usize,
-    /// Number of sites; nodes are spread evenly. Scaled with `--nodes`.
+    /// Number of sites, with nodes spread evenly. `--nodes` scales it.
     pub sites: usize,
-    /// Number of tenants; site `s` belongs to tenant `s % tenants`.
+    /// Number of tenants. Site `s` belongs to tenant `s % tenants`.
     #[serde(default = "one")]
     pub tenants: usize,
     /// Each node's document starts with a history of 1 to this many changes, which every node
@@ -165,7 +165,7 @@ impl Default for TopologySpec {
     }
 }
 
-/// Settings of `fleetmesh_node::sync::Config`; an absent field keeps the engine's default.
+/// Settings of `fleetmesh_node::sync::Config`. An absent field keeps the engine's default.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EngineSpec {
@@ -276,7 +276,7 @@ pub struct Outage {
 pub struct Join {
     /// Time, in seconds from the start of the run.
     pub at_s: f64,
-    /// Number of joining nodes at the scenario's fleet size; scaled with `--nodes`.
+    /// Number of joining nodes at the scenario's fleet size. `--nodes` scales it.
     pub nodes: usize,
 }
 

@@ -40,7 +40,7 @@ pub struct Chain {
     pub key: u32,
     key_pair: SigningKey,
     template: Arc<Template>,
-    /// Sequence number every base-holding node of the tenant holds (0: not in the base).
+    /// Sequence number that every node with the base stores (0: not in the base).
     pub base_seq: u64,
     base_fingerprint: Fingerprint,
     /// Last sequence number the author wrote.
@@ -309,7 +309,7 @@ fn key_range(prefix: Prefix) -> (u32, u32) {
 pub struct Disk {
     /// The node's tenant.
     pub tenant: u16,
-    /// Whether the node holds its tenant's base.
+    /// Whether the node starts from its tenant's shared base.
     pub has_base: bool,
     /// Chains where the node differs from the base: `(key, chain)` to sequence number and item
     /// fingerprint.
@@ -323,7 +323,7 @@ pub struct Disk {
 }
 
 impl Disk {
-    /// Creates a disk that holds its tenant's base (`has_base`) or nothing.
+    /// Creates a disk that starts from its tenant's base (`has_base`) or empty.
     pub fn new(tenant: u16, has_base: bool) -> Disk {
         Disk {
             tenant,
