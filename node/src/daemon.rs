@@ -17,7 +17,7 @@ use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{identify, mdns, Multiaddr, PeerId, Swarm};
+use libp2p::{identify, mdns, ping, Multiaddr, PeerId, Swarm};
 use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -142,6 +142,8 @@ enum StreamEvent {
     Frame(PeerId, Vec<u8>),
     /// The inbound stream with this id failed or ended.
     ReaderClosed(PeerId, u64, String),
+    /// The peer broke the framing rules (an oversized frame, an undecodable hello).
+    Violation(PeerId, String),
     /// The outbound stream task with this id failed or ended.
     WriterClosed(PeerId, u64, String),
 }
@@ -541,6 +543,16 @@ impl LoopState {
                     }
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(err),
+            })) => {
+                // libp2p keeps a connection whose pings fail; close it, so that a dead WAN link
+                // is noticed and the peer redialed instead of waiting on TCP retransmissions.
+                debug!(peer = %peer, error = %err, "ping failed, closing the connection");
+                swarm.close_connection(connection);
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -667,6 +679,7 @@ impl LoopState {
                     Frame::Chains(chains) => self.on_chains(swarm, engine, peer, chains),
                 }
             }
+            StreamEvent::Violation(peer, reason) => self.reject(swarm, peer, &reason),
             StreamEvent::ReaderClosed(peer, reader_id, reason) => {
                 debug!(peer = %peer, reason = %reason, "inbound sync stream closed");
                 let current = self.hellos.get(&peer).is_some_and(|(id, _)| *id == reader_id);
@@ -1044,6 +1057,8 @@ async fn read_stream(
         Ok(Ok(Some(bytes))) => match Hello::decode(&bytes) {
             Ok(hello) => hello,
             Err(err) => {
+                let reason = format!("sent an invalid hello: {err}");
+                let _ = events.send(StreamEvent::Violation(peer, reason)).await;
                 let _ = events
                     .send(StreamEvent::ReaderClosed(peer, reader_id, err.to_string()))
                     .await;
@@ -1057,6 +1072,7 @@ async fn read_stream(
             return;
         }
         Ok(Err(err)) => {
+            report_violation(&events, peer, &err).await;
             let _ = events
                 .send(StreamEvent::ReaderClosed(peer, reader_id, err.to_string()))
                 .await;
@@ -1101,12 +1117,21 @@ async fn read_stream(
                 return;
             }
             Err(err) => {
+                report_violation(&events, peer, &err).await;
                 let _ = events
                     .send(StreamEvent::ReaderClosed(peer, reader_id, err.to_string()))
                     .await;
                 return;
             }
         }
+    }
+}
+
+/// Reports a frame error that only a misbehaving peer causes, as opposed to a broken stream.
+async fn report_violation(events: &mpsc::Sender<StreamEvent>, peer: PeerId, err: &net::FrameError) {
+    if matches!(err, net::FrameError::TooLarge { .. }) {
+        let reason = format!("sent an oversized frame: {err}");
+        let _ = events.send(StreamEvent::Violation(peer, reason)).await;
     }
 }
 

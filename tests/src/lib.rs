@@ -288,8 +288,10 @@ impl TestNode {
     pub fn token(&self, tenant: &str, site: &str, role: &str, extra: &[&str]) -> Result<String> {
         let mut args = vec![
             "fleet", "token", "--local", "--tenant", tenant, "--site", site, "--role", role,
-            "--expires", "1h",
         ];
+        if !extra.contains(&"--expires") {
+            args.extend(["--expires", "1h"]);
+        }
         args.extend_from_slice(extra);
         Ok(self.cli_ok(&args)?.trim().to_string())
     }
@@ -345,6 +347,39 @@ impl TestNode {
             .collect();
         names.sort();
         Ok(names)
+    }
+
+    /// Returns the node id from the status file (the node must have started once).
+    pub fn node_id(&mut self) -> Result<String> {
+        let status = self.wait_status()?;
+        status["node_id"]
+            .as_str()
+            .map(str::to_string)
+            .context("status has no node_id")
+    }
+
+    /// Returns the whole log of the node.
+    pub fn log(&self) -> String {
+        fs::read(&self.log_path)
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Counts the signed changes in this node's store written by `author` (a node id).
+    pub fn stored_changes_by(&self, author: &str) -> Result<u64> {
+        let author: fleetmesh_model::NodeId = author
+            .parse()
+            .with_context(|| format!("{author} is not a node id"))?;
+        let conn = rusqlite::Connection::open_with_flags(
+            self.data_dir.join("fleetmesh.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?;
+        let count: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM signed_changes WHERE author = ?1",
+            [author.0.to_vec()],
+            |row| row.get(0),
+        )?;
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     /// Returns the tail of the node's log, for failure messages.

@@ -41,11 +41,20 @@ pub fn run(data_dir: &Path, args: JoinArgs) -> anyhow::Result<ExitCode> {
         args.token.clone()
     };
     let token = JoinToken::from_text(text.trim())?;
+    // Check the token's window before creating anything, so a refused join leaves no trace.
+    let now = unix_now();
+    let validity = token.enrollment().validity;
+    if now >= validity.expires {
+        anyhow::bail!(
+            "the join token expired at {}; ask an operator for a new token (`fleetmesh fleet token`)",
+            format_utc(validity.expires)
+        );
+    }
 
     create_private_dir(data_dir)?;
     let (key, _) = keyfile::load_or_create(data_dir)?;
     let store = Store::open(data_dir)?;
-    let (credentials, member) = membership::enroll(&store, &key, &token, unix_now())?;
+    let (credentials, member) = membership::enroll(&store, &key, &token, now)?;
     if !args.peers.is_empty() {
         let lines: Vec<String> = args.peers.iter().map(ToString::to_string).collect();
         store.set_meta(META_JOIN_PEERS, &lines.join("\n"))?;
