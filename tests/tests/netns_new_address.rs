@@ -9,7 +9,8 @@ use fleetmesh_tests::netns::{Lab, Ledger, Mesh};
 use fleetmesh_tests::wait_for;
 
 const SETUP_TIMEOUT: Duration = Duration::from_secs(45);
-/// Bound for noticing that a killed node is gone: QUIC's idle timeout is 10 s in libp2p-quic.
+/// Time allowed for noticing that a killed node is gone. QUIC's idle timeout is 10 s in
+/// libp2p-quic 0.14.
 const GONE_TIMEOUT: Duration = Duration::from_secs(30);
 const FOUND_TIMEOUT: Duration = Duration::from_secs(45);
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);

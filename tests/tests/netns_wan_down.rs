@@ -9,8 +9,8 @@ use fleetmesh_tests::netns::{Lab, Ledger, Mesh};
 
 const SETUP_TIMEOUT: Duration = Duration::from_secs(45);
 const LAN_TIMEOUT: Duration = Duration::from_secs(20);
-/// Longer than QUIC's idle timeout (10 s in libp2p-quic) and a failed ping (20 s), so the
-/// nodes' WAN connections are dead or stalled when the link returns.
+/// Longer than QUIC's idle timeout (10 s in libp2p-quic 0.14) and a failed ping (20 s in
+/// libp2p-ping 0.48), so the nodes' WAN connections are closed or stalled when the link returns.
 const OUTAGE: Duration = Duration::from_secs(30);
 const HEAL_TIMEOUT: Duration = Duration::from_secs(60);
 
