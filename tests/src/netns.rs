@@ -279,7 +279,12 @@ fn kill_namespace_processes(namespace: &str) {
         return;
     };
     for pid in pids.split_whitespace() {
-        let _ = run("kill", &["-KILL", pid]);
+        if pid.parse::<u32>().is_err() {
+            continue;
+        }
+        // The shell's built-in kill, because /bin/kill comes from procps, which minimal
+        // images lack.
+        let _ = run("sh", &["-c", &format!("kill -KILL {pid}")]);
     }
 }
 
