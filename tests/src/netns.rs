@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::{add_dpkg_package, mini_root, test_dir, wait_for, TestNode};
+use crate::{add_dpkg_package, binary, mini_root, test_dir, wait_for, TestNode};
 
 /// Prefix of every namespace a lab creates.
 pub const NAMESPACE_PREFIX: &str = "fmt";
@@ -327,8 +327,6 @@ pub struct NetNode {
     pub address: Ipv4Addr,
     /// `--peer` addresses passed on the next start.
     pub peers: Vec<String>,
-    /// Options that make the node a member of the test fleet; set by [`enroll_nodes`].
-    pub enrollment: Vec<String>,
 }
 
 impl NetNode {
@@ -356,17 +354,71 @@ pub fn node_multiaddrs(address: Ipv4Addr, port: u16) -> [String; 2] {
     ]
 }
 
-/// Makes every node a member of one new test fleet, by setting [`NetNode::enrollment`].
-///
-/// This is the only code that sets up fleet membership. Today that is a shared `--fleet` id.
-pub fn enroll_nodes(nodes: &mut [NetNode]) -> Result<()> {
-    let mut bytes = [0u8; 16];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut random| std::io::Read::read_exact(&mut random, &mut bytes))
-        .context("reading /dev/urandom for a fleet id failed")?;
-    let fleet: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
-    for node in nodes {
-        node.enrollment = vec!["--fleet".to_string(), fleet.clone()];
+/// Makes every node a member of one new test fleet, as an MSP would: `fleet init` creates a
+/// root key in `dir`, `fleet token` creates one node token per site, and each node runs
+/// `fleetmesh join` with its site's token. This is the only code that sets up membership.
+pub fn enroll_nodes(nodes: &[NetNode], dir: &Path) -> Result<()> {
+    let key_file = dir.join("fleet.key");
+    let key_file = key_file.to_string_lossy();
+    // The key file is a test fixture that lives as long as the test directory.
+    let passphrase = format!("netns test fleet {}", std::process::id());
+    let fleet = |args: &[&str]| -> Result<String> {
+        let output = Command::new(binary()?)
+            .arg("fleet")
+            .args(args)
+            .args(["--key-file", &key_file])
+            .env("FLEETMESH_FLEET_PASSPHRASE", &passphrase)
+            .stdin(Stdio::null())
+            .output()
+            .context("running fleetmesh fleet failed")?;
+        if !output.status.success() {
+            bail!(
+                "fleetmesh fleet {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    };
+
+    fleet(&["init"])?;
+    let sites: BTreeSet<usize> = nodes.iter().map(|net| net.site).collect();
+    let mut joins = Vec::new();
+    for site in sites {
+        let site_name = format!("site{site}");
+        let token = fleet(&[
+            "token",
+            "--tenant",
+            "default",
+            "--site",
+            &site_name,
+            "--role",
+            "node",
+            "--expires",
+            "1h",
+        ])?;
+        // The joins run at once; each spends most of its time waiting for disk writes.
+        for net in nodes.iter().filter(|net| net.site == site) {
+            let child = Command::new(binary()?)
+                .arg("--data-dir")
+                .arg(&net.node.data_dir)
+                .args(["join", &token])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("running fleetmesh join failed")?;
+            joins.push((net.name(), child));
+        }
+    }
+    for (name, child) in joins {
+        let output = child.wait_with_output()?;
+        if !output.status.success() {
+            bail!(
+                "fleetmesh join on {name} failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
     }
     Ok(())
 }
@@ -386,7 +438,8 @@ pub struct Mesh {
 }
 
 impl Mesh {
-    /// Builds `sites` sites of `nodes_per_site` nodes each, and enrolls the nodes in one fleet.
+    /// Builds `sites` sites of `nodes_per_site` nodes each, and enrolls the nodes in one fleet
+    /// with [`enroll_nodes`].
     /// Nodes get a copy of [`mini_root`] and do not start yet.
     pub fn build(mut lab: Lab, sites: usize, nodes_per_site: usize) -> Result<Mesh> {
         // The faults under test are in the network. With the 700-package Debian root, the first
@@ -446,7 +499,6 @@ impl Mesh {
                     namespace,
                     address,
                     peers: Vec::new(),
-                    enrollment: Vec::new(),
                 });
             }
         }
@@ -463,7 +515,13 @@ impl Mesh {
             let site = mesh.nodes[index].site;
             mesh.nodes[index].peers = mesh.hub_peers(site);
         }
-        enroll_nodes(&mut mesh.nodes)?;
+        let enroll_started = Instant::now();
+        enroll_nodes(&mesh.nodes, &mesh.dir)?;
+        println!(
+            "enrolled {} nodes in {:?}",
+            mesh.nodes.len(),
+            enroll_started.elapsed()
+        );
         Ok(mesh)
     }
 
@@ -496,8 +554,7 @@ impl Mesh {
         (0..self.nodes.len()).collect()
     }
 
-    /// Starts node `index` with its address, site, peers and enrollment, and waits until it
-    /// listens.
+    /// Starts node `index` with its address, site and peers, and waits until it listens.
     pub fn start(&mut self, index: usize) -> Result<()> {
         self.spawn(index)?;
         self.nodes[index].node.wait_status().map(drop)
@@ -533,7 +590,6 @@ impl Mesh {
             args.push("--peer".to_string());
             args.push(peer.clone());
         }
-        args.extend(net.enrollment.iter().cloned());
         net.node.start_up(&args)
     }
 
