@@ -1,8 +1,11 @@
 //! Harness for integration tests that run real `fleetmesh` processes on loopback.
 //!
 //! [`TestNode`] owns a data directory, a copy of a fixture root and a child process; dropping it
-//! kills the process, so a failing test leaves nothing running. Nodes listen on 127.0.0.1 with
-//! port 0 and mDNS off, so the tests send nothing beyond loopback.
+//! kills the process, so a failing test leaves nothing running. [`TestNode::start`] listens on
+//! 127.0.0.1 with port 0 and mDNS off, so those tests send nothing beyond loopback. The
+//! [`netns`] module runs nodes inside network namespaces that the test creates.
+
+pub mod netns;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -84,10 +87,15 @@ pub fn fixture_root() -> (PathBuf, &'static str) {
             "shared debian12-container root",
         ),
         _ => (
-            workspace_root().join("tests/fixtures/roots/mini"),
+            mini_root(),
             "project mini root (../shared/fixtures not found)",
         ),
     }
+}
+
+/// Returns the project's own small root: a few files and eight dpkg packages.
+pub fn mini_root() -> PathBuf {
+    workspace_root().join("tests/fixtures/roots/mini")
 }
 
 /// Copies a directory tree (files and directories; symlinks are copied as links).
@@ -157,6 +165,7 @@ pub struct TestNode {
     pub root: PathBuf,
     child: Option<Child>,
     log_path: PathBuf,
+    namespace: Option<String>,
 }
 
 impl TestNode {
@@ -172,11 +181,41 @@ impl TestNode {
             root,
             child: None,
             log_path: dir.join("node.log"),
+            namespace: None,
         })
+    }
+
+    /// Sets the network namespace that later starts run `fleetmesh up` in, through
+    /// `ip netns exec`; `None` runs it in the test's own namespace.
+    pub fn set_namespace(&mut self, namespace: Option<String>) {
+        self.namespace = namespace;
     }
 
     /// Starts `fleetmesh up` on loopback with fast timers and the given extra arguments.
     pub fn start(&mut self, extra: &[String]) -> Result<()> {
+        let mut args: Vec<String> = [
+            "--no-mdns",
+            "--interval",
+            "1",
+            "--anti-entropy-interval",
+            "2",
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ]
+        .iter()
+        .map(|arg| arg.to_string())
+        .collect();
+        args.extend_from_slice(extra);
+        self.start_up(&args)
+    }
+
+    /// Starts `fleetmesh up` with this node's data directory and root, and `args` as the only
+    /// other options. Inside a namespace set by [`TestNode::set_namespace`], the process is
+    /// `ip netns exec NAMESPACE fleetmesh ...`; `ip` replaces itself with `fleetmesh`, so the
+    /// child's pid is the node's.
+    pub fn start_up(&mut self, args: &[String]) -> Result<()> {
         if self.child.is_some() {
             bail!("node {} is already running", self.name);
         }
@@ -186,16 +225,21 @@ impl TestNode {
             .create(true)
             .append(true)
             .open(&self.log_path)?;
-        let mut command = Command::new(binary()?);
+        let mut command = match &self.namespace {
+            Some(namespace) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", namespace]).arg(binary()?);
+                command
+            }
+            None => Command::new(binary()?),
+        };
         command
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .args(["up", "--no-mdns", "--interval", "1", "--anti-entropy-interval", "2"])
-            .args(["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"])
-            .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
+            .arg("up")
             .arg("--root")
             .arg(&self.root)
-            .args(extra)
+            .args(args)
             .env("FLEETMESH_LOG", "info,fleetmesh_node=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -226,11 +270,11 @@ impl TestNode {
         let path = self.data_dir.join("status.json");
         let name = self.name.clone();
         let log_path = self.log_path.clone();
-        let mut exited = false;
+        let mut exited = None;
         let result = wait_for(&format!("{name} to listen"), Duration::from_secs(30), || {
-            if !self.is_running() {
-                exited = true;
-                bail!("process exited");
+            if let Some(status) = self.exit_status() {
+                exited = Some(status);
+                return Ok(Some(Value::Null));
             }
             let Ok(text) = fs::read_to_string(&path) else {
                 return Ok(None);
@@ -239,11 +283,16 @@ impl TestNode {
             let listening = status["listen"].as_array().is_some_and(|a| a.len() >= 2);
             Ok(listening.then_some(status))
         });
-        if result.is_err() && exited {
+        if let Some(status) = exited {
             let log = fs::read_to_string(&log_path).unwrap_or_default();
-            bail!("node {name} exited during start; log:\n{log}");
+            bail!("node {name} exited during start with {status}; log:\n{log}");
         }
         result
+    }
+
+    /// Returns the exit status once a started process has exited.
+    fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|child| child.try_wait().ok().flatten())
     }
 
     /// Returns the node's QUIC listen address with its `/p2p/` suffix.
@@ -420,6 +469,30 @@ pub fn set_dpkg_version(root: &Path, package: &str, version: &str) -> Result<Str
         out.push('\n');
     }
     let old = old.with_context(|| format!("package {package} not found in {}", path.display()))?;
-    fs::write(&path, out)?;
+    replace_file(&path, &out)?;
     Ok(old)
+}
+
+/// Adds an installed package to a dpkg status file, as `apt install` would. Tests use a new
+/// package per change, so every change stays visible in the final `packages` table.
+pub fn add_dpkg_package(root: &Path, package: &str, version: &str) -> Result<()> {
+    let path = root.join("var/lib/dpkg/status");
+    let mut text = fs::read_to_string(&path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if !text.is_empty() && !text.ends_with("\n\n") {
+        text.push_str(if text.ends_with('\n') { "\n" } else { "\n\n" });
+    }
+    text.push_str(&format!(
+        "Package: {package}\nStatus: install ok installed\nPriority: optional\n\
+         Architecture: amd64\nVersion: {version}\nDescription: package added by a test\n"
+    ));
+    replace_file(&path, &text)
+}
+
+/// Writes `text` to a temporary file beside `path` and renames it over `path`, so a collector
+/// reading at the same moment sees the old or the new file, never a partial one.
+fn replace_file(path: &Path, text: &str) -> Result<()> {
+    let temp = path.with_extension("fleetmesh-test-tmp");
+    fs::write(&temp, text).with_context(|| format!("writing {}", temp.display()))?;
+    fs::rename(&temp, path).with_context(|| format!("replacing {}", path.display()))
 }
