@@ -39,8 +39,10 @@ enum Command {
     Schema(commands::read::SchemaArgs),
     /// Print this machine's facts without joining a mesh.
     Collect(commands::collect::CollectArgs),
-    /// Create the fleet root key and join tokens (run on an administrator's machine).
+    /// Create the fleet root key and join tokens, or revoke members.
     Fleet(commands::fleet::FleetArgs),
+    /// Enroll this node into a fleet with a join token.
+    Join(commands::join::JoinArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,7 +55,8 @@ fn main() -> ExitCode {
         Command::Query(args) => commands::read::query(&data_dir, args),
         Command::Schema(args) => commands::read::schema(args),
         Command::Collect(args) => commands::collect::run(args),
-        Command::Fleet(args) => commands::fleet::run(args),
+        Command::Fleet(args) => commands::fleet::run(&data_dir, args),
+        Command::Join(args) => commands::join::run(&data_dir, args),
     };
     match result {
         Ok(code) => code,

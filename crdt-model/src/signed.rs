@@ -60,6 +60,55 @@ pub enum VerifyError {
         /// The change's author.
         author: String,
     },
+    /// The author's membership does not allow this change: the author's certificate chain is
+    /// unknown or invalid, or its role or tenant does not cover the document.
+    #[error("change {seq} of {author} for {doc} is not authorized: {reason}")]
+    NotAuthorized {
+        /// The document id.
+        doc: String,
+        /// The change's author.
+        author: String,
+        /// The change's sequence number in its author's chain.
+        seq: u64,
+        /// Why membership refuses it.
+        reason: String,
+    },
+    /// The author was revoked or its certificate is no longer accepted. The sender may not know
+    /// yet, so this is no fault of the peer that relayed the change.
+    #[error("change {seq} of {author} for {doc} is refused: {reason}")]
+    Refused {
+        /// The document id.
+        doc: String,
+        /// The change's author.
+        author: String,
+        /// The change's sequence number in its author's chain.
+        seq: u64,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// The change is larger than a receiver accepts.
+    #[error("change {seq} of {author} for {doc} is {len} bytes, over the limit of {max} bytes")]
+    TooLarge {
+        /// The document id.
+        doc: String,
+        /// The change's author.
+        author: String,
+        /// The change's sequence number in its author's chain.
+        seq: u64,
+        /// Encoded length of the change.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl VerifyError {
+    /// Reports whether the peer that sent the change is at fault and should be disconnected.
+    /// Only [`VerifyError::Refused`] is not: honest peers relay changes of a node they have not
+    /// yet learned was revoked.
+    pub fn is_peer_fault(&self) -> bool {
+        !matches!(self, VerifyError::Refused { .. })
+    }
 }
 
 /// The parts of a change that routing and ordering need, read once when the change is decoded.

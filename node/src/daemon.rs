@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::SigningKey;
+use fleetmesh_model::membership::{CertificateChain, FleetId, Scope};
 use fleetmesh_model::{DocId, Identity, NodeId, TenantId};
 use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
@@ -24,18 +25,19 @@ use tracing::{debug, error, info, warn};
 
 use crate::collect::{collect, CollectOptions};
 use crate::keyfile;
+use crate::membership::{self, Credentials, Learned, MemberVerifier, SetupError};
 use crate::net::{
-    self, read_frame, write_frame, Behaviour, BehaviourEvent, Hello, FRAME_LEN_MAX,
+    self, read_frame, write_frame, Behaviour, BehaviourEvent, Frame, Hello, FRAME_LEN_MAX,
     PROTOCOL_VERSION, SYNC_PROTOCOL,
 };
 use crate::store::{Store, StoreError};
-use crate::sync::{self, Action, Engine, LocalInfo, Message, PeerInfo, SignatureVerifier};
+use crate::sync::{self, Action, Engine, LocalInfo, Message, PeerInfo};
 
 /// Name of the status file the daemon keeps in its data directory.
 pub const STATUS_FILE: &str = "status.json";
 
 /// Meta key under which the store keeps its fleet id.
-pub const META_FLEET: &str = "fleet_id";
+pub const META_FLEET: &str = membership::META_FLEET;
 
 /// Settings of a running node. [`NodeConfig::new`] gives the embedded defaults.
 #[derive(Clone, Debug)]
@@ -52,12 +54,11 @@ pub struct NodeConfig {
     pub mdns: bool,
     /// Time between collections.
     pub interval: Duration,
-    /// Tenant this node belongs to.
-    pub tenant: TenantId,
-    /// Site this node is at.
-    pub site: String,
-    /// Fleet to join; `None` keeps the store's fleet or creates a new one.
-    pub fleet: Option<String>,
+    /// Tenant of a local fleet created at first start; an enrolled node's tenant comes from its
+    /// certificate, and a different value here is an error.
+    pub tenant: Option<TenantId>,
+    /// Site, with the same rules as `tenant`.
+    pub site: Option<String>,
     /// Files to track on top of the default list.
     pub extra_tracked_files: Vec<String>,
     /// Seconds between anti-entropy rounds.
@@ -82,9 +83,8 @@ impl NodeConfig {
             peers: Vec::new(),
             mdns: true,
             interval: Duration::from_secs(300),
-            tenant: TenantId::default(),
-            site: "default".to_string(),
-            fleet: None,
+            tenant: None,
+            site: None,
             extra_tracked_files: Vec::new(),
             anti_entropy_interval: Duration::from_secs(30),
         }
@@ -113,44 +113,31 @@ pub enum DaemonError {
     /// The network could not start.
     #[error(transparent)]
     Net(#[from] net::NetError),
-    /// The data directory belongs to another fleet.
+    /// Membership could not be set up.
+    #[error(transparent)]
+    Membership(#[from] SetupError),
+    /// A `--tenant` or `--site` option contradicts the node's certificate.
     #[error(
-        "data directory {path} belongs to fleet {stored}, not {requested}; pass --fleet {stored} \
-         or use another --data-dir"
+        "this node is enrolled as {field} {enrolled:?} by its certificate, not {requested:?}; drop \
+         --{field}, or enroll another --data-dir with a join token for {field} {requested:?}"
     )]
-    FleetMismatch {
-        /// The directory.
-        path: PathBuf,
-        /// Fleet id in the store.
-        stored: String,
-        /// Fleet id requested with --fleet.
+    ScopeMismatch {
+        /// "tenant" or "site".
+        field: &'static str,
+        /// The value in the certificate.
+        enrolled: String,
+        /// The value given.
         requested: String,
     },
-    /// The fleet id given is not valid.
-    #[error("invalid fleet id {0:?}: expected 32 hex digits as printed by `fleetmesh up`")]
-    InvalidFleet(String),
     /// The root directory does not exist.
     #[error("root directory {0} does not exist; pass an existing --root")]
     MissingRoot(PathBuf),
 }
 
-/// Checks a fleet id: 32 lower-case hex digits.
-pub fn validate_fleet(fleet: &str) -> Result<(), DaemonError> {
-    if fleet.len() == 32
-        && fleet
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
-        Ok(())
-    } else {
-        Err(DaemonError::InvalidFleet(fleet.to_string()))
-    }
-}
-
 /// What stream tasks report to the main loop.
 enum StreamEvent {
     /// A peer's hello arrived on the inbound stream with this id.
-    Hello(PeerId, u64, Hello),
+    Hello(PeerId, u64, Box<Hello>),
     /// A frame arrived after the hello.
     Frame(PeerId, Vec<u8>),
     /// The inbound stream with this id failed or ended.
@@ -165,6 +152,8 @@ struct PeerLink {
     writer_id: u64,
     in_engine: bool,
     last_status_write: Option<Instant>,
+    /// Authors whose chains were sent on this link's current stream.
+    chains_sent: std::collections::HashSet<NodeId>,
 }
 
 /// A `--peer` address the node keeps dialing.
@@ -182,13 +171,17 @@ const BAN_DURATION: Duration = Duration::from_secs(60);
 const STATUS_WRITE_EVERY: Duration = Duration::from_secs(10);
 const WRITER_QUEUE: usize = 1024;
 
-/// A prepared node: keys, store and fleet are checked, nothing runs yet.
+/// Time between warnings about one peer; further ones go to the debug log.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// A prepared node: keys, store and membership are checked, nothing runs yet.
 pub struct Node {
     config: NodeConfig,
     key: SigningKey,
     node_id: NodeId,
-    fleet: String,
+    credentials: Credentials,
     store: Store,
+    local_root: Option<SigningKey>,
 }
 
 impl Node {
@@ -206,34 +199,57 @@ impl Node {
         }
 
         let store = Store::open(&config.data_dir)?;
-        let fleet = match (store.meta(META_FLEET)?, &config.fleet) {
-            (Some(stored), Some(requested)) if &stored != requested => {
-                return Err(DaemonError::FleetMismatch {
-                    path: config.data_dir.clone(),
-                    stored,
-                    requested: requested.clone(),
-                });
+        let credentials = match Credentials::load(&store)? {
+            Some(credentials) => {
+                let scope = &credentials.chain.certificate().scope;
+                check_scope_option("tenant", scope.tenant.as_str(), config.tenant.as_ref().map(TenantId::as_str))?;
+                check_scope_option("site", &scope.site, config.site.as_deref())?;
+                credentials
             }
-            (Some(stored), _) => stored,
-            (None, Some(requested)) => {
-                validate_fleet(requested)?;
-                store.set_meta(META_FLEET, requested)?;
-                requested.clone()
-            }
-            (None, None) => {
-                let fleet = hex::encode(rand::random::<[u8; 16]>());
-                store.set_meta(META_FLEET, &fleet)?;
-                info!(fleet = %fleet, "created a new fleet; join other machines with --fleet {fleet}");
-                fleet
+            None => {
+                let tenant = config.tenant.clone().unwrap_or_default();
+                let site = config.site.clone().unwrap_or_else(|| "default".to_string());
+                let credentials = membership::create_local_fleet(
+                    &config.data_dir,
+                    &store,
+                    &key,
+                    tenant,
+                    &site,
+                    unix_now(),
+                )?;
+                info!(fleet = %credentials.fleet, "created a local fleet; this node is its operator");
+                credentials
             }
         };
+        let local_root = keyfile::load_local_root(&config.data_dir)?
+            .filter(|root| FleetId::from_root(&root.verifying_key()) == credentials.fleet);
         Ok(Node {
             config,
             key,
             node_id,
-            fleet,
+            credentials,
             store,
+            local_root,
         })
+    }
+
+    /// Returns a join command for another machine when this node holds its fleet's root key
+    /// (a local fleet): a fresh token for this node's tenant and site, and this node's address.
+    pub fn join_command(&self, address: Option<&str>) -> Option<String> {
+        let root = self.local_root.as_ref()?;
+        let scope = &self.credentials.chain.certificate().scope;
+        let scope = Scope::new(
+            scope.tenant.clone(),
+            &scope.site,
+            fleetmesh_model::membership::Role::Node,
+            Vec::new(),
+        )
+        .ok()?;
+        let token = membership::local_token(root, scope, unix_now()).ok()?;
+        let peer = address
+            .map(|address| format!(" --peer {address}"))
+            .unwrap_or_default();
+        Some(format!("fleetmesh join {}{peer}", token.to_text()))
     }
 
     /// Returns this node's id.
@@ -242,8 +258,8 @@ impl Node {
     }
 
     /// Returns the fleet id.
-    pub fn fleet(&self) -> &str {
-        &self.fleet
+    pub fn fleet(&self) -> FleetId {
+        self.credentials.fleet
     }
 
     /// Runs the node until `shutdown` resolves.
@@ -252,13 +268,43 @@ impl Node {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), DaemonError> {
         let Node {
-            config,
+            mut config,
             key,
             node_id,
-            fleet,
+            credentials,
             store,
+            local_root: _,
         } = self;
         store.clear_connected()?;
+        let fleet = credentials.fleet;
+        if let Some(saved) = store.meta(membership::META_JOIN_PEERS)? {
+            for line in saved.lines().filter(|line| !line.trim().is_empty()) {
+                match line.trim().parse::<Multiaddr>() {
+                    Ok(address) if !config.peers.contains(&address) => config.peers.push(address),
+                    Ok(_) => {}
+                    Err(err) => warn!(address = %line, error = %err, "ignored a stored join peer address"),
+                }
+            }
+        }
+
+        // Membership: this node's own chain, the chains it has seen, and the revocations.
+        let scope = credentials.chain.certificate().scope.clone();
+        match credentials.verify(&node_id, unix_now()) {
+            Ok(member) => info!(tenant = %member.tenant, site = %member.site, role = %member.role.as_str(),
+                                expires = member.expires, "certificate valid"),
+            Err(err) => warn!(error = %err, "this node's certificate is not valid, so peers will refuse it"),
+        }
+        let mut verifier = MemberVerifier::new(fleet);
+        verifier.set_revocations(membership::stored_revocations(&store, &fleet)?);
+        if let Err(err) = verifier.learn(&credentials.chain) {
+            warn!(error = %err, "this node's own certificate chain does not verify");
+        }
+        for bytes in store.members()? {
+            let learned = CertificateChain::decode(&bytes).and_then(|chain| verifier.learn(&chain));
+            if let Err(err) = learned {
+                warn!(error = %err, "ignored a stored certificate chain");
+            }
+        }
 
         // Network.
         let keypair = keyfile::to_libp2p(&key).map_err(|err| {
@@ -287,19 +333,20 @@ impl Node {
             seed: rand::random(),
             ..sync::Config::default()
         };
+        let tenants: Vec<TenantId> = scope.member_tenants().into_iter().collect();
         let local = LocalInfo {
             node: node_id,
-            site: config.site.clone(),
-            tenants: vec![config.tenant.clone()],
+            site: scope.site.clone(),
+            tenants: tenants.clone(),
         };
-        let mut engine = Engine::new(engine_config, local, store, SignatureVerifier);
+        let mut engine = Engine::new(engine_config, local, store, verifier);
 
         let hello = Hello {
             version: PROTOCOL_VERSION,
-            fleet: fleet.clone(),
-            site: config.site.clone(),
-            tenants: vec![config.tenant.clone()],
-            credentials: Vec::new(),
+            fleet: fleet.to_string(),
+            site: scope.site.clone(),
+            tenants,
+            credentials: credentials.chain.encode(),
         }
         .encode();
 
@@ -309,7 +356,9 @@ impl Node {
             fleet,
             key,
             hello,
-            doc_id: DocId::node(config.tenant.clone(), node_id),
+            tenant: scope.tenant.clone(),
+            site: scope.site.clone(),
+            doc_id: DocId::node(scope.tenant.clone(), node_id),
             control,
             events_tx,
             links: HashMap::new(),
@@ -331,8 +380,9 @@ impl Node {
             collecting: false,
             next_writer_id: 0,
             hellos: HashMap::new(),
+            warned: HashMap::new(),
         };
-        info!(node = %node_id, fleet = %state.fleet, tenant = %config.tenant, site = %config.site,
+        info!(node = %node_id, fleet = %state.fleet, tenant = %scope.tenant, site = %scope.site,
               root = %config.root.display(), "node starting");
 
         let (collected_tx, mut collected) = mpsc::channel(1);
@@ -367,6 +417,7 @@ impl Node {
                 }
                 _ = maintain_timer.tick() => {
                     state.redial(&mut swarm);
+                    state.take_external_changes(&mut swarm, &mut engine);
                 }
             }
             state.drain_actions(&mut swarm, &mut engine);
@@ -384,7 +435,9 @@ impl Node {
 struct LoopState {
     config: NodeConfig,
     node_id: NodeId,
-    fleet: String,
+    fleet: FleetId,
+    tenant: TenantId,
+    site: String,
     key: SigningKey,
     hello: Vec<u8>,
     doc_id: DocId,
@@ -398,11 +451,14 @@ struct LoopState {
     rng: rand_chacha::ChaCha8Rng,
     collecting: bool,
     next_writer_id: u64,
-    /// The valid hello of each peer's current inbound stream, with that stream's id.
-    hellos: HashMap<PeerId, (u64, Hello)>,
+    /// What the valid hello of each peer's current inbound stream established, with that
+    /// stream's id.
+    hellos: HashMap<PeerId, (u64, PeerInfo)>,
+    /// When each peer was last warned about, for rate-limiting warnings.
+    warned: HashMap<PeerId, Instant>,
 }
 
-type NodeEngine = Engine<Store, SignatureVerifier>;
+type NodeEngine = Engine<Store, MemberVerifier>;
 
 impl LoopState {
     fn now(&self) -> sync::Timestamp {
@@ -511,6 +567,7 @@ impl LoopState {
                 writer_id,
                 in_engine: false,
                 last_status_write: None,
+                chains_sent: std::collections::HashSet::new(),
             },
         );
         tokio::spawn(write_stream(
@@ -530,7 +587,7 @@ impl LoopState {
         let Some(node) = net::node_of(&peer) else {
             return;
         };
-        let Some((_, hello)) = self.hellos.get(&peer) else {
+        let Some((_, info)) = self.hellos.get(&peer) else {
             return;
         };
         let Some(link) = self.links.get_mut(&peer) else {
@@ -540,11 +597,8 @@ impl LoopState {
             return;
         }
         link.in_engine = true;
-        info!(peer = %peer, site = %hello.site, "peer joined sync");
-        let info = PeerInfo {
-            site: hello.site.clone(),
-            tenants: hello.tenants.clone(),
-        };
+        info!(peer = %peer, site = %info.site, "peer joined sync");
+        let info = info.clone();
         let now = self.now();
         engine.handle_connected(node, info, now);
         if let Err(err) = engine.store().set_peer_status(&node, unix_now(), true) {
@@ -581,7 +635,7 @@ impl LoopState {
     ) {
         match event {
             StreamEvent::Hello(peer, reader_id, hello) => {
-                self.on_hello(swarm, engine, peer, reader_id, hello)
+                self.on_hello(swarm, engine, peer, reader_id, *hello)
             }
             StreamEvent::Frame(peer, bytes) => {
                 let Some(node) = net::node_of(&peer) else {
@@ -592,16 +646,25 @@ impl LoopState {
                     debug!(peer = %peer, "frame from a peer without a valid hello, ignored");
                     return;
                 }
-                match Message::decode(&bytes, FRAME_LEN_MAX) {
-                    Ok(message) => {
-                        let now = self.now();
-                        engine.handle_message(node, message, now);
-                        self.note_heard(engine, peer);
-                    }
+                let frame = match Frame::decode(&bytes) {
+                    Ok(frame) => frame,
                     Err(err) => {
-                        warn!(peer = %peer, error = %err, "invalid sync message, disconnecting");
-                        self.ban(swarm, peer);
+                        self.reject(swarm, peer, &format!("sent an invalid frame: {err}"));
+                        return;
                     }
+                };
+                match frame {
+                    Frame::Sync(body) => match Message::decode(body, FRAME_LEN_MAX) {
+                        Ok(message) => {
+                            let now = self.now();
+                            engine.handle_message(node, message, now);
+                            self.note_heard(engine, peer);
+                        }
+                        Err(err) => {
+                            self.reject(swarm, peer, &format!("sent an invalid sync message: {err}"));
+                        }
+                    },
+                    Frame::Chains(chains) => self.on_chains(swarm, engine, peer, chains),
                 }
             }
             StreamEvent::ReaderClosed(peer, reader_id, reason) => {
@@ -655,12 +718,45 @@ impl LoopState {
             self.ban(swarm, peer);
             return;
         }
-        if hello.fleet != self.fleet {
-            warn!(peer = %peer, fleet = %hello.fleet, "peer belongs to another fleet, disconnecting");
-            self.ban(swarm, peer);
+        let Some(node) = net::node_of(&peer) else {
+            return;
+        };
+        if hello.fleet != self.fleet.to_string() {
+            let reason = format!(
+                "belongs to fleet {}, not to this node's fleet {}",
+                hello.fleet, self.fleet
+            );
+            self.reject(swarm, peer, &reason);
             return;
         }
-        let replaced = self.hellos.insert(peer, (reader_id, hello)).is_some();
+        let chain = match CertificateChain::decode(&hello.credentials) {
+            Ok(chain) => chain,
+            Err(err) => {
+                self.reject(swarm, peer, &format!("presented an invalid certificate chain: {err}"));
+                return;
+            }
+        };
+        let member = match engine.verifier_mut().admit_peer(&chain, &node, unix_now()) {
+            Ok(member) => member,
+            Err(err) => {
+                self.reject(swarm, peer, &format!("presented a certificate chain that is refused: {err}"));
+                return;
+            }
+        };
+        if let Err(err) = engine.store().save_member(&node, &hello.credentials) {
+            warn!(peer = %peer, error = %err, "remembering the peer's certificate chain failed");
+        }
+        // The certificate, not the hello, says which tenants the peer may receive.
+        let info = PeerInfo {
+            site: member.site.clone(),
+            tenants: hello
+                .tenants
+                .iter()
+                .filter(|tenant| member.may_replicate(tenant))
+                .cloned()
+                .collect(),
+        };
+        let replaced = self.hellos.insert(peer, (reader_id, info)).is_some();
         if replaced && self.links.contains_key(&peer) {
             // A second stream means the peer reconnected, often after a restart, while our
             // stream may still run over the old connection: start both directions afresh.
@@ -692,6 +788,92 @@ impl LoopState {
         }
     }
 
+    /// Disconnects and backs off from a peer that sent something invalid, with one warning per
+    /// peer per [`WARN_EVERY`].
+    fn reject(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId, reason: &str) {
+        let now = Instant::now();
+        let due = self
+            .warned
+            .get(&peer)
+            .is_none_or(|at| now.duration_since(*at) >= WARN_EVERY);
+        if due {
+            self.warned.insert(peer, now);
+            warn!(peer = %peer, reason = %reason, "disconnecting peer");
+        } else {
+            debug!(peer = %peer, reason = %reason, "disconnecting peer");
+        }
+        self.ban(swarm, peer);
+    }
+
+    /// Learns the chains of authors whose changes `peer` is about to relay.
+    fn on_chains(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        engine: &mut NodeEngine,
+        peer: PeerId,
+        chains: Vec<Vec<u8>>,
+    ) {
+        for bytes in chains {
+            let learned = CertificateChain::decode(&bytes)
+                .and_then(|chain| Ok((engine.verifier_mut().learn(&chain)?, chain)));
+            match learned {
+                Ok((Learned::New, chain)) => {
+                    if let Err(err) = engine.store().save_member(&chain.node(), &bytes) {
+                        warn!(error = %err, "remembering a certificate chain failed");
+                    }
+                }
+                Ok((Learned::Known | Learned::Revoked, _)) => {}
+                Err(err) => {
+                    let reason = format!("relayed an invalid certificate chain: {err}");
+                    self.reject(swarm, peer, &reason);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Rereads the revocations after a membership document changed, and disconnects peers
+    /// that are revoked now.
+    fn refresh_revocations(&mut self, swarm: &mut Swarm<Behaviour>, engine: &mut NodeEngine) {
+        let set = match membership::stored_revocations(engine.store(), &self.fleet) {
+            Ok(set) => set,
+            Err(err) => {
+                error!(error = %err, "reading the revocations failed");
+                return;
+            }
+        };
+        let revoked = engine.verifier_mut().set_revocations(set);
+        for node in revoked {
+            warn!(node = %node, "node revoked; its later changes are refused");
+            if let Some(peer) = net::peer_of(&node) {
+                if swarm.is_connected(&peer) {
+                    self.reject(swarm, peer, "its membership was revoked");
+                }
+            }
+        }
+    }
+
+    /// Passes on changes that fleet commands stored beside the daemon.
+    fn take_external_changes(&mut self, swarm: &mut Swarm<Behaviour>, engine: &mut NodeEngine) {
+        let changes = match engine.store_mut().take_external_changes() {
+            Ok(changes) => changes,
+            Err(err) => {
+                error!(error = %err, "reading changes written by fleet commands failed");
+                return;
+            }
+        };
+        let mut membership_changed = false;
+        for change in changes {
+            info!(doc = %change.doc(), seq = change.seq(), "passing on a change written by a fleet command");
+            membership_changed |= membership::is_membership(change.doc());
+            let now = self.now();
+            engine.handle_local_change(change, now);
+        }
+        if membership_changed {
+            self.refresh_revocations(swarm, engine);
+        }
+    }
+
     fn ban(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId) {
         self.banned.insert(peer, Instant::now() + BAN_DURATION);
         let _ = swarm.disconnect_peer_id(peer);
@@ -709,29 +891,41 @@ impl LoopState {
     }
 
     fn drain_actions(&mut self, swarm: &mut Swarm<Behaviour>, engine: &mut NodeEngine) {
+        let mut membership_changed = false;
         while let Some(action) = engine.poll_action() {
             match action {
                 Action::Send { peer, message } => {
                     let Some(peer_id) = net::peer_of(&peer) else {
                         continue;
                     };
-                    let Some(link) = self.links.get(&peer_id) else {
+                    let Some(link) = self.links.get_mut(&peer_id) else {
                         continue;
                     };
-                    if let Err(err) = link.writer.try_send(message.encode()) {
+                    // The receiver verifies a relayed change against its author's chain, so the
+                    // chain goes first, once per stream.
+                    let chains = chains_to_send(engine.verifier(), link, &peer, &message);
+                    if !chains.is_empty() {
+                        if let Err(err) = link.writer.try_send(Frame::chains(&chains)) {
+                            warn!(peer = %peer_id, error = %err, "send queue full or closed, chains dropped");
+                        }
+                    }
+                    if let Err(err) = link.writer.try_send(Frame::sync(&message.encode())) {
                         warn!(peer = %peer_id, error = %err, "send queue full or closed, message dropped");
                     }
                 }
                 Action::Disconnect { peer, reason } => {
-                    warn!(peer = %peer, reason = %reason, "disconnecting peer that sent invalid data");
                     if let Some(peer_id) = net::peer_of(&peer) {
-                        self.ban(swarm, peer_id);
+                        self.reject(swarm, peer_id, &reason);
                     }
                 }
                 Action::Applied { change, from } => {
                     debug!(doc = %change.doc(), seq = change.seq(), from = %from, "applied change");
+                    membership_changed |= membership::is_membership(change.doc());
                 }
             }
+        }
+        if membership_changed {
+            self.refresh_revocations(swarm, engine);
         }
     }
 
@@ -752,8 +946,8 @@ impl LoopState {
     fn record(&mut self, engine: &mut NodeEngine, facts: fleetmesh_model::Facts) {
         let identity = Identity {
             node_id: self.node_id.to_string(),
-            tenant: self.config.tenant.to_string(),
-            site: self.config.site.clone(),
+            tenant: self.tenant.to_string(),
+            site: self.site.clone(),
             hostname: facts.system.hostname.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
         };
@@ -806,7 +1000,9 @@ impl LoopState {
     fn write_status(&self) {
         let status = serde_json::json!({
             "node_id": self.node_id.to_string(),
-            "fleet": self.fleet,
+            "fleet": self.fleet.to_string(),
+            "tenant": self.tenant.to_string(),
+            "site": self.site,
             "pid": std::process::id(),
             "listen": self.listen_addrs.iter().map(|a| {
                 format!("{a}/p2p/{}", self.node_id)
@@ -877,12 +1073,23 @@ async fn read_stream(
             return;
         }
     };
-    if events.send(StreamEvent::Hello(peer, reader_id, hello)).await.is_err() {
+    if events
+        .send(StreamEvent::Hello(peer, reader_id, Box::new(hello)))
+        .await
+        .is_err()
+    {
         return;
     }
+    let mut limiter = InboundLimiter::new();
     loop {
         match read_frame(&mut stream, FRAME_LEN_MAX).await {
             Ok(Some(frame)) => {
+                // A peer that sends faster than the limits waits: its stream is not read, and
+                // the transport's flow control slows it down.
+                if let Some(pause) = limiter.charge(frame.len(), Instant::now()) {
+                    debug!(peer = %peer, pause_ms = pause.as_millis() as u64, "peer over its inbound rate, pausing its stream");
+                    tokio::time::sleep(pause).await;
+                }
                 if events.send(StreamEvent::Frame(peer, frame)).await.is_err() {
                     return;
                 }
@@ -900,6 +1107,45 @@ async fn read_stream(
                 return;
             }
         }
+    }
+}
+
+/// Bytes per second a peer may send on average.
+const INBOUND_BYTES_PER_SEC: f64 = 16.0 * 1024.0 * 1024.0;
+/// Bytes a peer may send in a burst.
+const INBOUND_BYTES_BURST: f64 = 64.0 * 1024.0 * 1024.0;
+/// Frames per second a peer may send on average.
+const INBOUND_FRAMES_PER_SEC: f64 = 2_000.0;
+/// Frames a peer may send in a burst.
+const INBOUND_FRAMES_BURST: f64 = 10_000.0;
+
+/// Two token buckets, bytes and frames, for one inbound stream.
+struct InboundLimiter {
+    bytes: f64,
+    frames: f64,
+    at: Instant,
+}
+
+impl InboundLimiter {
+    fn new() -> Self {
+        InboundLimiter {
+            bytes: INBOUND_BYTES_BURST,
+            frames: INBOUND_FRAMES_BURST,
+            at: Instant::now(),
+        }
+    }
+
+    /// Takes one frame of `len` bytes from the buckets and returns how long to wait before
+    /// reading on, if the buckets ran dry.
+    fn charge(&mut self, len: usize, now: Instant) -> Option<Duration> {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.bytes = (self.bytes + elapsed * INBOUND_BYTES_PER_SEC).min(INBOUND_BYTES_BURST);
+        self.frames = (self.frames + elapsed * INBOUND_FRAMES_PER_SEC).min(INBOUND_FRAMES_BURST);
+        self.bytes -= len as f64;
+        self.frames -= 1.0;
+        let wait = (-self.bytes / INBOUND_BYTES_PER_SEC).max(-self.frames / INBOUND_FRAMES_PER_SEC);
+        (wait > 0.0).then(|| Duration::from_secs_f64(wait))
     }
 }
 
@@ -936,7 +1182,50 @@ async fn write_stream(
     }
 }
 
-fn create_private_dir(path: &std::path::Path) -> Result<(), DaemonError> {
+/// Returns the encoded chains of the authors in `message` that `link` has not sent yet, and
+/// marks them sent. The receiving peer knows its own chain.
+fn chains_to_send(
+    verifier: &MemberVerifier,
+    link: &mut PeerLink,
+    peer: &NodeId,
+    message: &Message,
+) -> Vec<Vec<u8>> {
+    let changes = match message {
+        Message::Changes(changes) | Message::Repair(changes) => changes,
+        _ => return Vec::new(),
+    };
+    let mut out = Vec::new();
+    for change in changes {
+        let author = change.author();
+        if author == *peer || link.chains_sent.contains(&author) {
+            continue;
+        }
+        if let Some(chain) = verifier.chain_of(&author) {
+            out.push(chain.encode());
+            link.chains_sent.insert(author);
+        }
+    }
+    out
+}
+
+/// Checks a `--tenant` or `--site` option against the certificate.
+fn check_scope_option(
+    field: &'static str,
+    enrolled: &str,
+    requested: Option<&str>,
+) -> Result<(), DaemonError> {
+    match requested {
+        Some(requested) if requested != enrolled => Err(DaemonError::ScopeMismatch {
+            field,
+            enrolled: enrolled.to_string(),
+            requested: requested.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Creates the data directory with mode 0700 if needed and checks that it is writable.
+pub fn create_private_dir(path: &std::path::Path) -> Result<(), DaemonError> {
     use std::os::unix::fs::DirBuilderExt;
     let result = std::fs::DirBuilder::new()
         .recursive(true)
@@ -991,4 +1280,39 @@ pub fn unix_now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limiter_allows_a_burst_then_paces() {
+        let mut limiter = InboundLimiter::new();
+        let start = limiter.at;
+        for _ in 0..(INBOUND_FRAMES_BURST as usize) {
+            assert_eq!(limiter.charge(10, start), None);
+        }
+        let wait = limiter.charge(10, start).expect("the frame bucket is empty");
+        assert!(wait <= Duration::from_millis(1), "{wait:?}");
+        // One second later the buckets hold a second's worth again.
+        let later = start + Duration::from_secs(1);
+        assert_eq!(limiter.charge(10, later), None);
+
+        let mut limiter = InboundLimiter::new();
+        let start = limiter.at;
+        let wait = limiter
+            .charge((INBOUND_BYTES_BURST + INBOUND_BYTES_PER_SEC) as usize, start)
+            .expect("the byte bucket is overdrawn by one second");
+        assert!((wait.as_secs_f64() - 1.0).abs() < 0.01, "{wait:?}");
+    }
+
+    #[test]
+    fn scope_options_must_match_the_certificate() {
+        assert!(check_scope_option("tenant", "acme", None).is_ok());
+        assert!(check_scope_option("tenant", "acme", Some("acme")).is_ok());
+        let err = check_scope_option("site", "leeds", Some("york")).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("\"leeds\"") && text.contains("\"york\""), "{text}");
+    }
 }

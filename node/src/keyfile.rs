@@ -17,7 +17,12 @@ use rand::rngs::OsRng;
 /// File name of the key inside the data directory.
 pub const KEY_FILE: &str = "node.key";
 
+/// File name of the root key of a local fleet, which `fleetmesh up` creates in the data directory
+/// of a node started without a fleet. It has the same form with its own header.
+pub const LOCAL_ROOT_FILE: &str = "local-fleet-root.key";
+
 const HEADER: &str = "fleetmesh-node-key-v1";
+const LOCAL_ROOT_HEADER: &str = "fleetmesh-local-fleet-root-v1";
 
 /// Errors from loading or creating the key file.
 #[derive(Debug, thiserror::Error)]
@@ -53,16 +58,44 @@ pub enum KeyFileError {
 /// Loads the key from `data_dir`, or creates one with mode 0600 if there is none.
 /// Returns the key and whether it was created now.
 pub fn load_or_create(data_dir: &Path) -> Result<(SigningKey, bool), KeyFileError> {
-    let path = data_dir.join(KEY_FILE);
+    load_or_create_with(&data_dir.join(KEY_FILE), HEADER)
+}
+
+/// Loads the local fleet root key from `data_dir`, or creates one with mode 0600.
+/// Returns the key and whether it was created now.
+pub fn load_or_create_local_root(data_dir: &Path) -> Result<(SigningKey, bool), KeyFileError> {
+    load_or_create_with(&data_dir.join(LOCAL_ROOT_FILE), LOCAL_ROOT_HEADER)
+}
+
+/// Loads the local fleet root key from `data_dir`; `None` when the node has none.
+pub fn load_local_root(data_dir: &Path) -> Result<Option<SigningKey>, KeyFileError> {
+    let path = data_dir.join(LOCAL_ROOT_FILE);
     match fs::metadata(&path) {
-        Ok(_) => Ok((load(&path)?, false)),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok((create(&path)?, true)),
+        Ok(_) => Ok(Some(load_with(&path, LOCAL_ROOT_HEADER)?)),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(KeyFileError::Io { path, source }),
     }
 }
 
-/// Loads a key file, checking its permissions first.
+fn load_or_create_with(path: &Path, header: &str) -> Result<(SigningKey, bool), KeyFileError> {
+    match fs::metadata(path) {
+        Ok(_) => Ok((load_with(path, header)?, false)),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            Ok((create(path, header)?, true))
+        }
+        Err(source) => Err(KeyFileError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Loads a node key file, checking its permissions first.
 pub fn load(path: &Path) -> Result<SigningKey, KeyFileError> {
+    load_with(path, HEADER)
+}
+
+fn load_with(path: &Path, header: &str) -> Result<SigningKey, KeyFileError> {
     let io_error = |source| KeyFileError::Io {
         path: path.to_path_buf(),
         source,
@@ -81,16 +114,16 @@ pub fn load(path: &Path) -> Result<SigningKey, KeyFileError> {
         },
         _ => io_error(err),
     })?;
-    parse(&text).map_err(|reason| KeyFileError::Invalid {
+    parse(&text, header).map_err(|reason| KeyFileError::Invalid {
         path: path.to_path_buf(),
         reason,
     })
 }
 
-fn parse(text: &str) -> Result<SigningKey, String> {
+fn parse(text: &str, header: &str) -> Result<SigningKey, String> {
     let mut parts = text.split_whitespace();
-    if parts.next() != Some(HEADER) {
-        return Err(format!("expected a line starting with {HEADER}"));
+    if parts.next() != Some(header) {
+        return Err(format!("expected a line starting with {header}"));
     }
     let hex_seed = parts.next().ok_or("the key is missing")?;
     let seed = hex::decode(hex_seed).map_err(|_| "the key is not hex".to_string())?;
@@ -103,9 +136,9 @@ fn parse(text: &str) -> Result<SigningKey, String> {
     Ok(SigningKey::from_bytes(&seed))
 }
 
-fn create(path: &Path) -> Result<SigningKey, KeyFileError> {
+fn create(path: &Path, header: &str) -> Result<SigningKey, KeyFileError> {
     let key = SigningKey::generate(&mut OsRng);
-    let line = format!("{HEADER} {}\n", hex::encode(key.to_bytes()));
+    let line = format!("{header} {}\n", hex::encode(key.to_bytes()));
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)

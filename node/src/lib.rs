@@ -10,6 +10,7 @@ pub mod collect;
 pub mod daemon;
 pub mod fleetkey;
 pub mod keyfile;
+pub mod membership;
 pub mod net;
 pub mod query;
 pub mod store;

@@ -5,8 +5,12 @@
 //! (`/fleetmesh/sync/1`) that carries length-prefixed frames. Each side opens one outbound stream
 //! per peer and writes only to it, so the messages of one direction keep their order.
 //!
-//! The first frame on every stream is a [`Hello`]. A peer whose hello names another fleet, or an
-//! unsupported protocol version, is disconnected before any document is exchanged.
+//! The first frame on every stream is a [`Hello`] carrying the sender's certificate chain. A peer
+//! whose hello names another fleet, an unsupported protocol version, or a chain that does not
+//! verify for the authenticated peer id is disconnected before any document is exchanged.
+//!
+//! Every later frame starts with a tag byte: [`FRAME_SYNC`] for a sync engine message, or
+//! [`FRAME_CHAINS`] for certificate chains of authors whose changes the sender is about to relay.
 
 use std::time::Duration;
 
@@ -20,7 +24,16 @@ use serde::{Deserialize, Serialize};
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/fleetmesh/sync/1");
 
 /// Version of the hello and framing; peers with another version are disconnected.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// Tag of a frame that carries a sync engine message.
+pub const FRAME_SYNC: u8 = 0;
+
+/// Tag of a frame that carries certificate chains.
+pub const FRAME_CHAINS: u8 = 1;
+
+/// Most chains in one chains frame.
+pub const CHAINS_PER_FRAME_MAX: usize = 256;
 
 /// Largest frame accepted from a peer, in bytes.
 pub const FRAME_LEN_MAX: usize = 8 * 1024 * 1024;
@@ -66,6 +79,67 @@ pub enum FrameError {
     /// The hello did not decode.
     #[error("invalid hello: {0}")]
     InvalidHello(String),
+    /// A frame after the hello did not decode.
+    #[error("invalid frame: {0}")]
+    InvalidFrame(String),
+}
+
+/// A frame after the hello, split by its tag.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// An encoded sync engine message.
+    Sync(&'a [u8]),
+    /// Encoded certificate chains, still to be decoded and verified.
+    Chains(Vec<Vec<u8>>),
+}
+
+impl<'a> Frame<'a> {
+    /// Splits a received frame. The sync message itself is decoded by the caller.
+    pub fn decode(bytes: &'a [u8]) -> Result<Frame<'a>, FrameError> {
+        let invalid = |reason: String| FrameError::InvalidFrame(reason);
+        let (&tag, body) = bytes
+            .split_first()
+            .ok_or_else(|| invalid("the frame is empty".to_string()))?;
+        match tag {
+            FRAME_SYNC => Ok(Frame::Sync(body)),
+            FRAME_CHAINS => {
+                let chains: Vec<Vec<u8>> =
+                    postcard::from_bytes(body).map_err(|err| invalid(err.to_string()))?;
+                if chains.len() > CHAINS_PER_FRAME_MAX {
+                    return Err(invalid(format!(
+                        "{} chains in one frame, at most {CHAINS_PER_FRAME_MAX} are allowed",
+                        chains.len()
+                    )));
+                }
+                if let Some(long) = chains
+                    .iter()
+                    .find(|chain| chain.len() > fleetmesh_model::membership::CHAIN_LEN_MAX)
+                {
+                    return Err(FrameError::TooLarge {
+                        len: long.len(),
+                        max: fleetmesh_model::membership::CHAIN_LEN_MAX,
+                    });
+                }
+                Ok(Frame::Chains(chains))
+            }
+            other => Err(invalid(format!("unknown frame tag {other}"))),
+        }
+    }
+
+    /// Encodes a sync message frame from the message's encoding.
+    pub fn sync(message: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(message.len() + 1);
+        out.push(FRAME_SYNC);
+        out.extend_from_slice(message);
+        out
+    }
+
+    /// Encodes a chains frame.
+    pub fn chains(chains: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = vec![FRAME_CHAINS];
+        out.extend(postcard::to_stdvec(chains).unwrap_or_default());
+        out
+    }
 }
 
 /// The first frame on a sync stream.
@@ -73,13 +147,13 @@ pub enum FrameError {
 pub struct Hello {
     /// [`PROTOCOL_VERSION`].
     pub version: u16,
-    /// The fleet the sender belongs to.
+    /// The fleet the sender belongs to, in text form (`fleet1...`).
     pub fleet: String,
     /// The sender's site; peers at the same site count as LAN peers.
     pub site: String,
     /// Tenants whose documents the sender replicates.
     pub tenants: Vec<TenantId>,
-    /// Membership credentials; empty until certificates exist.
+    /// The sender's encoded certificate chain.
     pub credentials: Vec<u8>,
 }
 
@@ -225,6 +299,22 @@ mod tests {
             credentials: vec![],
         };
         assert_eq!(Hello::decode(&hello.encode()).unwrap(), hello);
+    }
+
+    #[test]
+    fn frames_round_trip_and_reject_garbage() {
+        let sync = Frame::sync(b"message");
+        assert_eq!(Frame::decode(&sync).unwrap(), Frame::Sync(b"message"));
+        let chains = Frame::chains(&[vec![1, 2], vec![3]]);
+        assert_eq!(
+            Frame::decode(&chains).unwrap(),
+            Frame::Chains(vec![vec![1, 2], vec![3]])
+        );
+        assert!(Frame::decode(&[]).is_err());
+        assert!(Frame::decode(&[9, 1]).is_err());
+        assert!(Frame::decode(&[FRAME_CHAINS, 0xff]).is_err());
+        let many = Frame::chains(&vec![vec![0u8]; CHAINS_PER_FRAME_MAX + 1]);
+        assert!(Frame::decode(&many).is_err());
     }
 
     #[test]

@@ -269,6 +269,48 @@ impl TestNode {
             .context("running fleetmesh failed")
     }
 
+    /// Runs a command and returns its standard output, failing with its standard error.
+    pub fn cli_ok(&self, args: &[&str]) -> Result<String> {
+        let output = self.cli(args)?;
+        if !output.status.success() {
+            bail!(
+                "fleetmesh {} on {} failed: {}",
+                args.join(" "),
+                self.name,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Creates a join token with this node's local fleet root key (the node must have run `up`
+    /// once without being enrolled). `extra` adds options such as `--valid-for`.
+    pub fn token(&self, tenant: &str, site: &str, role: &str, extra: &[&str]) -> Result<String> {
+        let mut args = vec![
+            "fleet", "token", "--local", "--tenant", tenant, "--site", site, "--role", role,
+            "--expires", "1h",
+        ];
+        args.extend_from_slice(extra);
+        Ok(self.cli_ok(&args)?.trim().to_string())
+    }
+
+    /// Enrolls this node with `token` and keeps `peer` as the address `up` dials.
+    pub fn join(&self, token: &str, peer: Option<&str>) -> Result<()> {
+        let mut args = vec!["join", token];
+        if let Some(peer) = peer {
+            args.extend(["--peer", peer]);
+        }
+        self.cli_ok(&args)?;
+        Ok(())
+    }
+
+    /// Enrolls this node as a plain node of `operator`'s local fleet, tenant and site
+    /// "default", dialing `operator` at `peer`. This is the one place tests set up a fleet.
+    pub fn join_fleet_of(&self, operator: &TestNode, peer: &str) -> Result<()> {
+        let token = operator.token("default", "default", "node", &[])?;
+        self.join(&token, Some(peer))
+    }
+
     /// Runs `fleetmesh query --format json SQL` and returns the rows.
     pub fn query(&self, sql: &str) -> Result<Vec<Value>> {
         let output = self.cli(&["query", "--format", "json", sql])?;

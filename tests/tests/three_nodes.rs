@@ -38,14 +38,13 @@ fn three_nodes_sync_and_recover_from_sigkill() -> Result<()> {
     set_dpkg_version(&b.root, "curl", "7.88.1-10+deb12u77")?;
     set_dpkg_version(&c.root, "curl", "7.88.1-10+deb12u88")?;
 
-    // A starts alone and creates the fleet; B and C join it through A's address.
+    // A starts alone and creates a local fleet; B and C enroll with tokens from A and dial A.
     a.start(&[])?;
-    let status = a.wait_status()?;
-    let fleet = status["fleet"].as_str().context("status has no fleet")?.to_string();
     let a_address = a.quic_address()?;
-    let join = vec!["--fleet".to_string(), fleet, "--peer".to_string(), a_address];
-    b.start(&join)?;
-    c.start(&join)?;
+    b.join_fleet_of(&a, &a_address)?;
+    c.join_fleet_of(&a, &a_address)?;
+    b.start(&[])?;
+    c.start(&[])?;
 
     let everyone = vec!["node-a".to_string(), "node-b".to_string(), "node-c".to_string()];
     for node in [&a, &b, &c] {
@@ -85,7 +84,7 @@ fn three_nodes_sync_and_recover_from_sigkill() -> Result<()> {
     assert_eq!(package_version(&c, "node-a", "openssl")?, Some(old));
 
     // C restarts with its old store and catches up.
-    c.start(&join)?;
+    c.start(&[])?;
     wait_for("node-c to catch up", CONVERGE_TIMEOUT, || {
         Ok((package_version(&c, "node-a", "openssl")?.as_deref() == Some("3.0.99-1")).then_some(()))
     })

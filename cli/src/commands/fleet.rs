@@ -1,9 +1,14 @@
-//! `fleetmesh fleet init` and `fleetmesh fleet token`: create the fleet root key and join tokens.
+//! `fleetmesh fleet init`, `fleet token` and `fleet revoke`: the fleet root key, join tokens and
+//! revocations.
 //!
-//! Both commands run on an administrator's machine, never on a managed node. The root key file
-//! defaults to the user's configuration directory, away from the node data directory. The
+//! `init` and `token` run on an administrator's machine, never on a managed node. The root key
+//! file defaults to the user's configuration directory, away from the node data directory. The
 //! passphrase comes from `FLEETMESH_FLEET_PASSPHRASE`, else from a terminal prompt without echo,
-//! else from the first line of standard input.
+//! else from the first line of standard input. `token --local` instead signs with the root key of
+//! a local fleet, which `fleetmesh up` keeps in the data directory of the node that created it.
+//!
+//! `revoke` runs on an operator node: it writes a signed revocation into the tenant's membership
+//! document in the node's store, and the running daemon passes it on.
 
 use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
@@ -12,9 +17,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
-use fleetmesh_model::membership::{format_utc, JoinToken, Role, Scope, TokenValidity};
-use fleetmesh_model::TenantId;
-use fleetmesh_node::fleetkey;
+use fleetmesh_model::membership::{
+    format_utc, JoinToken, MembershipDocument, Revocation, RevocationTarget, Role, Scope,
+    SignedRevocation, TokenId, TokenValidity,
+};
+use fleetmesh_model::{DocId, DocKind, NodeId, TenantId};
+use fleetmesh_node::membership::Credentials;
+use fleetmesh_node::store::Store;
+use fleetmesh_node::{fleetkey, keyfile};
 use rand::rngs::OsRng;
 use zeroize::Zeroizing;
 
@@ -34,6 +44,8 @@ enum FleetCommand {
     Init(InitArgs),
     /// Create a join token that enrolls machines into one tenant and site, and print it.
     Token(TokenArgs),
+    /// Revoke a node or a join token (run on an operator node).
+    Revoke(RevokeArgs),
 }
 
 /// The `--key-file` option shared by the fleet commands.
@@ -91,6 +103,32 @@ struct TokenArgs {
 
     #[command(flatten)]
     key: KeyFileArg,
+
+    /// Sign with the root key of the local fleet that `fleetmesh up` created in the data
+    /// directory, instead of a key file.
+    #[arg(long, conflicts_with = "key_file")]
+    local: bool,
+}
+
+#[derive(Args, Debug)]
+struct RevokeArgs {
+    /// The node id to revoke, or the id of a join token (32 hex digits) whose enrolled nodes to
+    /// revoke.
+    #[arg(value_name = "NODE|TOKEN")]
+    target: String,
+
+    /// Tenant whose membership records the revocation [default: this operator's own tenant].
+    #[arg(long, value_name = "NAME")]
+    tenant: Option<String>,
+
+    /// Why, for the people who read the membership later.
+    #[arg(long, default_value = "", value_name = "TEXT")]
+    reason: String,
+
+    /// For a token: revoke only nodes enrolled after this many seconds since the Unix epoch.
+    /// Without it, every node the token enrolled is revoked.
+    #[arg(long, value_name = "UNIX_SECONDS", allow_negative_numbers = true)]
+    enrolled_after: Option<i64>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -111,10 +149,11 @@ impl From<RoleArg> for Role {
 }
 
 /// Runs a `fleetmesh fleet` subcommand.
-pub fn run(args: FleetArgs) -> anyhow::Result<ExitCode> {
+pub fn run(data_dir: &Path, args: FleetArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         FleetCommand::Init(args) => init(args),
-        FleetCommand::Token(args) => token(args),
+        FleetCommand::Token(args) => token(data_dir, args),
+        FleetCommand::Revoke(args) => revoke(data_dir, args),
     }
 }
 
@@ -138,7 +177,7 @@ fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
+fn token(data_dir: &Path, args: TokenArgs) -> anyhow::Result<ExitCode> {
     // Check the request before asking for the passphrase.
     let tenant = TenantId::new(&args.tenant)?;
     let tenants = args
@@ -161,11 +200,20 @@ fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
     };
 
     // Sign with the root key.
-    let path = args.key.path()?;
-    // Report a missing or exposed key file before prompting for the passphrase.
-    fleetkey::read_fleet_id(&path)?;
-    let passphrase = read_passphrase(&path, false)?;
-    let root = fleetkey::load(&path, &passphrase)?;
+    let root = if args.local {
+        keyfile::load_local_root(data_dir)?.with_context(|| {
+            format!(
+                "{} holds no local fleet root key; run `fleetmesh up` there first, or pass --key-file for a fleet made with `fleet init`",
+                data_dir.display()
+            )
+        })?
+    } else {
+        let path = args.key.path()?;
+        // Report a missing or exposed key file before prompting for the passphrase.
+        fleetkey::read_fleet_id(&path)?;
+        let passphrase = read_passphrase(&path, false)?;
+        fleetkey::load(&path, &passphrase)?
+    };
     let token = JoinToken::create(&root, scope, validity, &mut OsRng)?;
 
     println!("{}", token.to_text());
@@ -182,6 +230,84 @@ fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
     // TODO: print the enrollment command once `fleetmesh join` exists.
     eprintln!("Keep the token secret: anyone who has it can enroll machines until it expires.");
     Ok(ExitCode::SUCCESS)
+}
+
+fn revoke(data_dir: &Path, args: RevokeArgs) -> anyhow::Result<ExitCode> {
+    let target = parse_target(&args.target, args.enrolled_after)?;
+    let key_path = data_dir.join(keyfile::KEY_FILE);
+    if !key_path.exists() {
+        anyhow::bail!(
+            "{} has no node key; run `fleet revoke` on an operator node, or pass its --data-dir",
+            data_dir.display()
+        );
+    }
+    let key = keyfile::load(&key_path)?;
+    let node = keyfile::node_id(&key);
+    let mut store = Store::open(data_dir)?;
+    let credentials = Credentials::load(&store)?.with_context(|| {
+        format!(
+            "the node in {} is not enrolled in a fleet; enroll it with `fleetmesh join` first",
+            data_dir.display()
+        )
+    })?;
+    let now = unix_now()?;
+    let member = credentials.verify(&node, now)?;
+    let tenant = match &args.tenant {
+        Some(name) => TenantId::new(name)?,
+        None => member.tenant.clone(),
+    };
+    if !member.is_operator_of(&tenant) {
+        anyhow::bail!(
+            "this node is a {} of tenant {}, not an operator of tenant {tenant}; run `fleet revoke` on an operator node of that tenant",
+            member.role.as_str(),
+            member.tenant
+        );
+    }
+    if let RevocationTarget::Node(target_node) = target {
+        if target_node == node {
+            anyhow::bail!("{node} is this node itself; run `fleet revoke` on another operator node");
+        }
+    }
+
+    let revocation = Revocation {
+        tenant: tenant.clone(),
+        target,
+        reason: args.reason.clone(),
+        issued_at: now,
+        issuer: node,
+    };
+    let signed = SignedRevocation::sign(revocation, &key, Some(credentials.chain.clone()))?;
+    let doc_id = DocId::tenant_doc(DocKind::Membership, tenant.clone());
+    let changes = store.document_changes(&doc_id)?;
+    let mut doc = MembershipDocument::from_changes(tenant.clone(), changes.iter())?;
+    match doc.add_revocation(&signed, now, &key)? {
+        Some(change) => {
+            store.insert_local_tenant_change(&change)?;
+            println!("revoked {} in tenant {tenant} (revocation {})", args.target, signed.id());
+            eprintln!("A running node passes the revocation on within a second; peers refuse the revoked node from then on.");
+        }
+        None => println!("{} was already revoked in tenant {tenant}", args.target),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Parses the target of `fleet revoke`: a node id, or a token id.
+fn parse_target(text: &str, enrolled_after: Option<i64>) -> anyhow::Result<RevocationTarget> {
+    if let Ok(node) = text.parse::<NodeId>() {
+        if enrolled_after.is_some() {
+            anyhow::bail!("--enrolled-after applies to tokens, but {text} is a node id; drop --enrolled-after");
+        }
+        return Ok(RevocationTarget::Node(node));
+    }
+    if let Ok(token_id) = text.parse::<TokenId>() {
+        return Ok(RevocationTarget::Token {
+            token_id,
+            enrolled_after: enrolled_after.unwrap_or(i64::MIN),
+        });
+    }
+    anyhow::bail!(
+        "{text:?} is neither a node id (as `fleetmesh nodes` prints) nor a join token id (32 hex digits, as `fleet token` prints)"
+    )
 }
 
 fn unix_now() -> anyhow::Result<i64> {

@@ -2,5 +2,6 @@
 
 pub mod collect;
 pub mod fleet;
+pub mod join;
 pub mod read;
 pub mod up;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use fleetmesh_model::TenantId;
-use fleetmesh_node::daemon::{self, Node, NodeConfig};
+use fleetmesh_node::daemon::{Node, NodeConfig};
 use fleetmesh_node::net::DEFAULT_PORT;
 use libp2p::Multiaddr;
 
@@ -41,27 +41,35 @@ pub struct UpArgs {
     #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     anti_entropy_interval: u64,
 
-    /// Fleet to join (32 hex digits, printed by the first node's `up`). Without it, the node
-    /// keeps the fleet in its data directory or creates a new one.
-    #[arg(long, value_name = "FLEET_ID", env = "FLEETMESH_FLEET")]
-    fleet: Option<String>,
+    /// Tenant (customer) of the local fleet that a node not enrolled with `fleetmesh join`
+    /// creates at first start [default: default]. An enrolled node takes its tenant from its
+    /// certificate.
+    #[arg(long, value_parser = parse_tenant)]
+    tenant: Option<TenantId>,
 
-    /// Tenant (customer) this node belongs to.
-    #[arg(long, default_value = "default", value_parser = parse_tenant)]
-    tenant: TenantId,
-
-    /// Site (location) of this node; nodes of one site prefer each other.
-    #[arg(long, default_value = "default", value_parser = parse_site)]
-    site: String,
+    /// Site (location) of this node, with the same rules as --tenant [default: default].
+    #[arg(long, value_parser = parse_site)]
+    site: Option<String>,
 
     /// File to track on top of the default list (repeatable).
     #[arg(long = "track", value_name = "PATH")]
     track: Vec<String>,
 }
 
-fn parse_multiaddr(text: &str) -> Result<Multiaddr, String> {
+/// Parses a `--peer` or `--listen` value.
+pub fn parse_multiaddr(text: &str) -> Result<Multiaddr, String> {
     text.parse::<Multiaddr>().map_err(|err| {
         format!("{err}; expected a multiaddr such as /ip4/192.0.2.10/udp/{DEFAULT_PORT}/quic-v1")
+    })
+}
+
+/// Reports whether an address names one host, so that other machines can dial it.
+fn is_specific(address: &Multiaddr) -> bool {
+    address.iter().any(|protocol| match protocol {
+        libp2p::multiaddr::Protocol::Ip4(ip) => !ip.is_unspecified(),
+        libp2p::multiaddr::Protocol::Ip6(ip) => !ip.is_unspecified(),
+        libp2p::multiaddr::Protocol::Dns(_) | libp2p::multiaddr::Protocol::Dns4(_) => true,
+        _ => false,
     })
 }
 
@@ -87,15 +95,26 @@ pub fn run(data_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     config.mdns = !args.no_mdns;
     config.interval = Duration::from_secs(args.interval);
     config.anti_entropy_interval = Duration::from_secs(args.anti_entropy_interval);
-    if let Some(fleet) = &args.fleet {
-        daemon::validate_fleet(fleet)?;
-    }
-    config.fleet = args.fleet;
     config.tenant = args.tenant;
     config.site = args.site;
     config.extra_tracked_files = args.track;
 
+    let advertised = config
+        .listen
+        .iter()
+        .find(|address| is_specific(address))
+        .map(|address| format!("{address}/p2p/{}", "NODE"));
     let node = Node::prepare(config)?;
+    let advertised = advertised.map(|text| text.replace("NODE", &node.node_id().to_string()));
+    if let Some(command) = node.join_command(advertised.as_deref()) {
+        println!("This node holds the root key of its local fleet {}.", node.fleet());
+        println!("To join another machine to it (the token is valid for 24 hours), run there:");
+        println!("  {command}");
+        if advertised.is_none() {
+            println!("  (add --peer with one of this node's listen addresses if mDNS cannot reach it)");
+        }
+        println!("More tokens: fleetmesh fleet token --local --tenant NAME --site NAME --role node --expires 24h");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

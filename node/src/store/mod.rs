@@ -102,8 +102,8 @@ pub enum StoreError {
         /// The last sequence number stored.
         held: u64,
     },
-    /// Only node documents can be stored until tenant documents exist.
-    #[error("documents of kind {0} are not supported by this store yet")]
+    /// The operation reads node documents only.
+    #[error("{0} documents cannot be read as node documents")]
     UnsupportedKind(&'static str),
 }
 
@@ -113,6 +113,8 @@ pub struct Store {
     path: PathBuf,
     index: ReconIndex,
     docs: DocCache,
+    /// Highest `signed_changes` rowid already checked for changes written by other processes.
+    external_seen: i64,
 }
 
 impl Store {
@@ -134,8 +136,10 @@ impl Store {
             path,
             index: ReconIndex::new(),
             docs: DocCache::new(DOC_CACHE_MAX),
+            external_seen: 0,
         };
         store.load_index()?;
+        store.external_seen = store.max_rowid()?;
         store.migrate_fact_tables()?;
         Ok(store)
     }
@@ -302,24 +306,8 @@ impl Store {
         before: &[ChangeHash],
     ) -> Result<(), StoreError> {
         let doc_bytes = change.doc().to_bytes();
-        let seq = i64::try_from(change.seq()).unwrap_or(i64::MAX);
-        let signature = change.signature().map(|s| s.to_vec());
-
         let tx = self.conn.transaction()?;
-        tx.execute(
-            "INSERT INTO signed_changes (doc, author, seq, hash, bytes, signature, time)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                doc_bytes,
-                change.author().0.to_vec(),
-                seq,
-                change.hash().0.to_vec(),
-                change.bytes(),
-                signature,
-                change.header().time,
-            ],
-        )?;
-        let rowid = tx.last_insert_rowid();
+        let rowid = insert_change_row(&tx, change)?;
         tx.execute(
             "INSERT INTO documents (doc, kind, tenant, changes_since_snapshot)
              VALUES (?1, ?2, ?3, 1)
@@ -372,6 +360,133 @@ impl Store {
             out.push(DocId::from_bytes(&row?).map_err(|err| corrupt_text(&self.path, err))?);
         }
         Ok(out)
+    }
+
+    /// Returns every stored change of `doc` in the order they were stored, which respects their
+    /// dependencies.
+    pub fn document_changes(&self, doc: &DocId) -> Result<Vec<SignedChange>, StoreError> {
+        changes_after(&self.conn, doc, 0)
+    }
+
+    /// Stores a change of a tenant document (membership, policy) that this node signed, for
+    /// commands that run beside the daemon. The daemon finds it with
+    /// [`Store::take_external_changes`] and passes it on.
+    pub fn insert_local_tenant_change(&mut self, change: &SignedChange) -> Result<(), StoreError> {
+        if change.doc().kind == DocKind::Node {
+            return Err(StoreError::UnsupportedKind(change.doc().kind.as_str()));
+        }
+        let held: i64 = self.conn.query_row(
+            "SELECT COALESCE(MAX(seq), 0) FROM signed_changes WHERE doc = ?1 AND author = ?2",
+            params![change.doc().to_bytes(), change.author().0.to_vec()],
+            |row| row.get(0),
+        )?;
+        let held = u64::try_from(held).unwrap_or(0);
+        if change.seq() != held + 1 {
+            return Err(StoreError::OutOfOrder {
+                doc: change.doc().to_string(),
+                author: change.author().to_string(),
+                seq: change.seq(),
+                held,
+            });
+        }
+        self.commit_tenant_change(change)
+    }
+
+    /// Returns the changes other processes (the fleet commands) stored since the last call, and
+    /// adds them to the chain index. The daemon calls this on a timer.
+    pub fn take_external_changes(&mut self) -> Result<Vec<SignedChange>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT rowid, doc, author, seq, bytes, signature FROM signed_changes
+             WHERE rowid > ?1 ORDER BY rowid",
+        )?;
+        let rows = stmt.query_map([self.external_seen], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, Vec<u8>>(1)?,
+                row.get::<_, Vec<u8>>(2)?,
+                row.get::<_, i64>(3)?,
+                row.get::<_, Vec<u8>>(4)?,
+                row.get::<_, Option<Vec<u8>>>(5)?,
+            ))
+        })?;
+        let mut found = Vec::new();
+        let mut last = self.external_seen;
+        for row in rows {
+            let (rowid, doc, author, seq, bytes, signature) = row?;
+            last = last.max(rowid);
+            let doc_id = DocId::from_bytes(&doc).map_err(|err| corrupt_text(&self.path, err))?;
+            let author = node_from_blob(&author)
+                .ok_or_else(|| corrupt_text(&self.path, "an author column is not a 32-byte key"))?;
+            let seq = u64::try_from(seq).unwrap_or(0);
+            if seq <= self.index.seq(&doc_id, &author) {
+                continue;
+            }
+            found.push(decode_row(doc, bytes, signature)?);
+        }
+        drop(stmt);
+        self.external_seen = last;
+        for change in &found {
+            self.index.set(ChainHead {
+                doc: change.doc().clone(),
+                author: change.author(),
+                seq: change.seq(),
+            });
+        }
+        Ok(found)
+    }
+
+    /// Remembers the certificate chain of a member, so that changes it wrote can be verified
+    /// and passed on after a restart.
+    pub fn save_member(&self, node: &NodeId, chain: &[u8]) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO members (node, chain) VALUES (?1, ?2)
+             ON CONFLICT (node) DO UPDATE SET chain = excluded.chain",
+            params![node.0.to_vec(), chain],
+        )?;
+        Ok(())
+    }
+
+    /// Returns every remembered certificate chain, encoded.
+    pub fn members(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT chain FROM members")?;
+        let rows = stmt.query_map([], |row| row.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row?);
+        }
+        Ok(out)
+    }
+
+    fn max_rowid(&self) -> Result<i64, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT COALESCE(MAX(rowid), 0) FROM signed_changes",
+            [],
+            |row| row.get(0),
+        )?)
+    }
+
+    /// Writes a tenant document's change row. Tenant documents are small and are rebuilt from
+    /// their changes when read, so they get no snapshot and no fact rows.
+    fn commit_tenant_change(&mut self, change: &SignedChange) -> Result<(), StoreError> {
+        let doc_bytes = change.doc().to_bytes();
+        let tx = self.conn.transaction()?;
+        insert_change_row(&tx, change)?;
+        tx.execute(
+            "INSERT INTO documents (doc, kind, tenant) VALUES (?1, ?2, ?3)
+             ON CONFLICT (doc) DO NOTHING",
+            params![
+                doc_bytes,
+                change.doc().kind.as_str(),
+                change.doc().tenant.as_str()
+            ],
+        )?;
+        tx.commit()?;
+        self.index.set(ChainHead {
+            doc: change.doc().clone(),
+            author: change.author(),
+            seq: change.seq(),
+        });
+        Ok(())
     }
 
     /// Records that `node` was heard from now, and whether it is connected.
@@ -457,13 +572,7 @@ impl ChangeStore for Store {
         let mut out = Vec::new();
         for row in rows {
             let (bytes, signature) = row?;
-            let change = WireChange {
-                doc: doc_bytes.clone(),
-                bytes,
-                signature,
-            }
-            .into_signed()?;
-            out.push(change);
+            out.push(decode_row(doc_bytes.clone(), bytes, signature)?);
         }
         Ok(out)
     }
@@ -491,6 +600,9 @@ impl ChangeStore for Store {
                 seq: change.seq(),
                 held,
             });
+        }
+        if change.doc().kind != DocKind::Node {
+            return self.commit_tenant_change(change);
         }
         let id = change.doc().clone();
         let mut doc = self.load_doc(&id)?;
@@ -524,6 +636,19 @@ pub fn read_document(conn: &Connection, id: &DocId) -> Result<NodeDocument, Stor
         _ => (NodeDocument::new(id.tenant.clone(), NodeId(id.key)), 0),
     };
 
+    for change in changes_after(conn, id, after_rowid)? {
+        doc.apply(&change)?;
+    }
+    Ok(doc)
+}
+
+/// Reads the changes of `id` stored after `after_rowid`, in storage order.
+fn changes_after(
+    conn: &Connection,
+    id: &DocId,
+    after_rowid: i64,
+) -> Result<Vec<SignedChange>, StoreError> {
+    let doc_bytes = id.to_bytes();
     let mut stmt = conn.prepare_cached(
         "SELECT bytes, signature FROM signed_changes WHERE doc = ?1 AND rowid > ?2
          ORDER BY rowid",
@@ -531,17 +656,45 @@ pub fn read_document(conn: &Connection, id: &DocId) -> Result<NodeDocument, Stor
     let rows = stmt.query_map(params![doc_bytes, after_rowid], |row| {
         Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, Option<Vec<u8>>>(1)?))
     })?;
+    let mut out = Vec::new();
     for row in rows {
         let (bytes, signature) = row?;
-        let change = WireChange {
-            doc: doc_bytes.clone(),
-            bytes,
-            signature,
-        }
-        .into_signed()?;
-        doc.apply(&change)?;
+        out.push(decode_row(doc_bytes.clone(), bytes, signature)?);
     }
-    Ok(doc)
+    Ok(out)
+}
+
+/// Turns a `signed_changes` row back into a change.
+fn decode_row(
+    doc: Vec<u8>,
+    bytes: Vec<u8>,
+    signature: Option<Vec<u8>>,
+) -> Result<SignedChange, StoreError> {
+    Ok(WireChange {
+        doc,
+        bytes,
+        signature,
+    }
+    .into_signed()?)
+}
+
+/// Inserts one change row and returns its rowid.
+fn insert_change_row(tx: &rusqlite::Transaction<'_>, change: &SignedChange) -> Result<i64, StoreError> {
+    let seq = i64::try_from(change.seq()).unwrap_or(i64::MAX);
+    tx.execute(
+        "INSERT INTO signed_changes (doc, author, seq, hash, bytes, signature, time)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            change.doc().to_bytes(),
+            change.author().0.to_vec(),
+            seq,
+            change.hash().0.to_vec(),
+            change.bytes(),
+            change.signature().map(|s| s.to_vec()),
+            change.header().time,
+        ],
+    )?;
+    Ok(tx.last_insert_rowid())
 }
 
 fn create_store_tables(conn: &Connection) -> Result<(), StoreError> {
@@ -567,6 +720,10 @@ fn create_store_tables(conn: &Connection) -> Result<(), StoreError> {
              snapshot BLOB,
              snapshot_rowid INTEGER NOT NULL DEFAULT 0,
              changes_since_snapshot INTEGER NOT NULL DEFAULT 0
+         );
+         CREATE TABLE IF NOT EXISTS members (
+             node BLOB PRIMARY KEY,
+             chain BLOB NOT NULL
          );
          CREATE TABLE IF NOT EXISTS peers (
              node_id TEXT PRIMARY KEY,

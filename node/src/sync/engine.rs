@@ -309,6 +309,17 @@ impl<S: ChangeStore, V: Verify> Engine<S, V> {
         &mut self.store
     }
 
+    /// Returns the verifier.
+    pub fn verifier(&self) -> &V {
+        &self.verifier
+    }
+
+    /// Gives mutable access to the verifier, for a driver that updates what it accepts (for
+    /// example when a revocation arrives).
+    pub fn verifier_mut(&mut self) -> &mut V {
+        &mut self.verifier
+    }
+
     /// Registers a connection and, on the side with the smaller node id, opens a reconciliation
     /// of every shared tenant. A second call for a connected peer replaces its state.
     pub fn handle_connected(&mut self, peer: NodeId, info: PeerInfo, now: Timestamp) {
@@ -490,6 +501,10 @@ impl<S: ChangeStore, V: Verify> Engine<S, V> {
 
             if let Err(err) = self.verifier.verify(&change) {
                 self.stats.changes_rejected += 1;
+                if !err.is_peer_fault() {
+                    tracing::debug!(peer = %peer, error = %err, "dropped a refused change");
+                    continue;
+                }
                 let reason = format!(
                     "rejected change {} of {} in {}: {err}",
                     change.seq(),

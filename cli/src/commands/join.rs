@@ -1,0 +1,81 @@
+//! `fleetmesh join TOKEN`: enroll this node into a fleet.
+//!
+//! The node signs its own certificate with the token's enrollment key, so enrolling needs no
+//! contact with the fleet root key or any other machine. The peers given with `--peer` are kept
+//! in the store, and `fleetmesh up` dials them from then on.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use fleetmesh_model::membership::{format_utc, JoinToken};
+use fleetmesh_node::daemon::{create_private_dir, unix_now};
+use fleetmesh_node::keyfile;
+use fleetmesh_node::membership::{self, META_JOIN_PEERS};
+use fleetmesh_node::store::Store;
+use libp2p::Multiaddr;
+
+/// Environment variable that can supply the join token, which keeps it out of the process list.
+const TOKEN_ENV: &str = "FLEETMESH_JOIN_TOKEN";
+
+/// Options of `fleetmesh join`.
+#[derive(Args, Debug)]
+pub struct JoinArgs {
+    /// The join token printed by `fleetmesh fleet token` (or by the first node's `up`); `-`
+    /// reads it from standard input, and FLEETMESH_JOIN_TOKEN can supply it too.
+    #[arg(value_name = "TOKEN", env = TOKEN_ENV, hide_env_values = true)]
+    token: String,
+
+    /// A peer to dial, as a multiaddr (repeatable); kept for every later `fleetmesh up`.
+    #[arg(long = "peer", value_name = "MULTIADDR", value_parser = super::up::parse_multiaddr)]
+    peers: Vec<Multiaddr>,
+}
+
+/// Enrolls the node in `data_dir`.
+pub fn run(data_dir: &Path, args: JoinArgs) -> anyhow::Result<ExitCode> {
+    let text = if args.token == "-" {
+        read_token_line()?
+    } else {
+        args.token.clone()
+    };
+    let token = JoinToken::from_text(text.trim())?;
+
+    create_private_dir(data_dir)?;
+    let (key, _) = keyfile::load_or_create(data_dir)?;
+    let store = Store::open(data_dir)?;
+    let (credentials, member) = membership::enroll(&store, &key, &token, unix_now())?;
+    if !args.peers.is_empty() {
+        let lines: Vec<String> = args.peers.iter().map(ToString::to_string).collect();
+        store.set_meta(META_JOIN_PEERS, &lines.join("\n"))?;
+    }
+
+    println!("node {}", member.node);
+    println!("fleet {}", credentials.fleet);
+    println!(
+        "enrolled as {} of tenant {} at site {}; the certificate is valid until {}",
+        member.role.as_str(),
+        member.tenant,
+        member.site,
+        format_utc(member.expires)
+    );
+    eprintln!("Start the node with: fleetmesh up");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_token_line() -> anyhow::Result<String> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("join token: ");
+    }
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .context("reading the join token from standard input failed")?;
+    if line.trim().is_empty() {
+        anyhow::bail!("standard input held no join token; pipe the token printed by `fleetmesh fleet token`");
+    }
+    Ok(line)
+}
