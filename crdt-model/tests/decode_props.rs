@@ -12,7 +12,7 @@
 //!
 //! Inputs that a random search does not find are built by hand. Small ones live as hex in
 //! `tests/regressions/` and `regression_inputs_replay` decodes each of them with a time limit.
-//! The DEFLATE bomb of `change_decode_rejects_deflate_bomb` is built in code, because it is 200 KB.
+//! The DEFLATE bomb of `change_decode_rejects_deflate_bomb` is built in code, because it is 100 KB.
 //! Each property runs few cases by default, so the file runs in seconds. Set `PROPTEST_CASES` for
 //! a longer run. Proptest records the seeds of failing cases in
 //! `tests/regressions/decode_props.txt` and replays them first.
@@ -33,7 +33,10 @@ use fleetmesh_model::membership::{
     SignedRevocation, TokenId, TokenValidity, CHAIN_LEN_MAX, REASON_LEN_MAX, REVOCATION_LEN_MAX,
     TENANTS_MAX,
 };
-use fleetmesh_model::{DocId, DocKind, NodeId, SignedChange, TenantId, WireChange};
+use fleetmesh_model::{
+    DocId, DocKind, NodeId, SignedChange, TenantId, VerifyError, WireChange,
+    CHANGE_INFLATED_LEN_MAX, CHANGE_OPS_MAX,
+};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::FileFailurePersistence;
@@ -854,13 +857,9 @@ fn deflate_bomb_change(inflated_len: usize) -> Vec<u8> {
     automerge_chunk(2, &compressed, [digest[0], digest[1], digest[2], digest[3]])
 }
 
-/// Largest inflated change the bomb test tolerates: four times the largest frame a node accepts
-/// (8 MiB).
-const INFLATED_LEN_TOLERATED: usize = 32 << 20;
-
 #[test]
 fn change_decode_rejects_deflate_bomb() {
-    let bytes = deflate_bomb_change(INFLATED_LEN_TOLERATED);
+    let bytes = deflate_bomb_change(CHANGE_INFLATED_LEN_MAX + 1);
     let len = bytes.len();
     let doc = DocId::node(acme(), NodeId([7; 32]));
 
@@ -876,6 +875,136 @@ fn change_decode_rejects_deflate_bomb() {
         "a compressed change of {len} bytes inflated to {inflated:?} bytes and was accepted. \
          Inflate changes with a size limit before decoding them."
     );
+    let message = decoded.unwrap_err().to_string();
+    assert!(message.contains("CHANGE_INFLATED_LEN_MAX"), "{message}");
+}
+
+/// A compressed change under the inflate limit still decodes: the limit, not the compression,
+/// rejects the bomb.
+#[test]
+fn change_decode_accepts_compressed_under_limit() {
+    let bytes = deflate_bomb_change(1 << 20);
+    let doc = DocId::node(acme(), NodeId([7; 32]));
+
+    let decoded = SignedChange::decode(doc, bytes, None).unwrap();
+
+    let change = decoded.to_change().unwrap();
+    assert!(change.raw_bytes().len() > 1 << 20);
+    assert_eq!(change.hash(), decoded.hash());
+}
+
+/// A signed compressed change keeps its hash through decoding, because the signature covers
+/// the hash.
+#[test]
+fn change_decode_keeps_hash_of_compressed_change() {
+    let spec = ChangeSpec {
+        seed: 9,
+        kind: DocKind::Node,
+        edits: vec![Edit::LongText {
+            key: 1,
+            repeat: 200,
+        }],
+    };
+    let change = build_change(&spec);
+    // Automerge compresses a change chunk over 256 bytes: chunk type 2.
+    assert_eq!(change.bytes()[8], 2, "the change is not compressed");
+
+    let decoded = SignedChange::decode(
+        change.doc().clone(),
+        change.bytes().to_vec(),
+        change.signature().copied(),
+    )
+    .unwrap();
+
+    assert_eq!(decoded.hash(), change.hash());
+    assert!(decoded.verify().is_ok(), "{:?}", decoded.verify());
+    assert_eq!(decoded.to_change().unwrap().hash(), change.hash());
+}
+
+/// Builds a change chunk whose columns claim `ops` operations in a few bytes, each a put of
+/// null at key "a" of the root map: every column is a single run of `ops` rows.
+fn op_count_change(ops: u64) -> Vec<u8> {
+    let run = |value: &[u8]| {
+        let mut column = Vec::new();
+        write_sleb(ops as i64, &mut column);
+        column.extend_from_slice(value);
+        column
+    };
+    let key = run(&[1, b'a']);
+    let action = run(&[1]);
+    let value_meta = run(&[0]);
+    let pred_count = run(&[0]);
+    let mut insert = Vec::new();
+    write_uleb(ops, &mut insert);
+
+    // No dependencies, a 32-byte actor, seq 1, start op 1, time 0, no message, no other actors.
+    let mut body = vec![0, 32];
+    body.extend_from_slice(&[7; 32]);
+    body.extend_from_slice(&[1, 1, 0, 0, 0]);
+    // Column specs (id << 4 | type) in their normal order, with lengths, then the data.
+    let columns = [
+        (0x15, key),
+        (0x34, insert),
+        (0x42, action),
+        (0x56, value_meta),
+        (0x70, pred_count),
+    ];
+    write_uleb(columns.len() as u64, &mut body);
+    for (spec, data) in &columns {
+        write_uleb(*spec, &mut body);
+        write_uleb(data.len() as u64, &mut body);
+    }
+    for (_, data) in &columns {
+        body.extend_from_slice(data);
+    }
+
+    let mut hasher = Sha256::new();
+    hasher.update([1]);
+    let mut len_bytes = Vec::new();
+    write_uleb(body.len() as u64, &mut len_bytes);
+    hasher.update(&len_bytes);
+    hasher.update(&body);
+    let digest = hasher.finalize();
+    automerge_chunk(1, &body, [digest[0], digest[1], digest[2], digest[3]])
+}
+
+fn write_sleb(mut value: i64, out: &mut Vec<u8>) {
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        let sign_bit_clear = byte & 0x40 == 0;
+        if (value == 0 && sign_bit_clear) || (value == -1 && !sign_bit_clear) {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+fn decode_ops_change(bytes: Vec<u8>) -> Result<usize, VerifyError> {
+    let decoded = SignedChange::decode(DocId::node(acme(), NodeId([7; 32])), bytes, None)?;
+    Ok(decoded.to_change()?.len())
+}
+
+#[test]
+fn change_decode_rejects_ops_over_limit() {
+    let bytes = op_count_change(CHANGE_OPS_MAX + 1);
+    assert!(bytes.len() < 120, "{} bytes", bytes.len());
+
+    let result = decode_with_timeout("a change over CHANGE_OPS_MAX", bytes, decode_ops_change);
+
+    let message = result.unwrap_err().to_string();
+    assert!(message.contains("CHANGE_OPS_MAX"), "{message}");
+}
+
+/// The same construction with fewer operations decodes, so the limit is what rejects it.
+#[test]
+fn change_decode_accepts_ops_under_limit() {
+    let bytes = op_count_change(1000);
+
+    let result = decode_with_timeout("a change of 1000 operations", bytes, decode_ops_change);
+
+    assert_eq!(result, Ok(1000));
 }
 
 /// Decodes `bytes` with `decode` on another thread and waits at most [`DECODE_TIMEOUT`]. The
