@@ -11,7 +11,7 @@
 //!
 //! Inputs that a random search does not find are built by hand. Small ones live as hex in
 //! `tests/regressions/` and `regression_inputs_replay` decodes each of them with a time limit.
-//! The DEFLATE bomb of `message_decode_rejects_deflate_bomb` is built in code, because it is 200 KB.
+//! The DEFLATE bomb of `message_decode_rejects_deflate_bomb` is built in code, because it is 100 KB.
 //! Each property runs few cases by default, so the file runs in seconds. Set `PROPTEST_CASES` for
 //! a longer run. Proptest records the seeds of failing cases in
 //! `tests/regressions/decode_props.txt` and replays them first.
@@ -26,7 +26,7 @@ use std::time::Duration;
 use automerge::transaction::Transactable;
 use automerge::{ActorId, AutoCommit, ROOT};
 use ed25519_dalek::SigningKey;
-use fleetmesh_model::{DocId, DocKind, NodeId, SignedChange, TenantId};
+use fleetmesh_model::{DocId, DocKind, NodeId, SignedChange, TenantId, CHANGE_INFLATED_LEN_MAX};
 use fleetmesh_node::net::{read_frame, write_frame, FrameError, Hello, FRAME_LEN_MAX};
 use fleetmesh_node::sync::recon::MAX_DEPTH;
 use fleetmesh_node::sync::{ChainHead, Message, MessageError, MessageKind, Prefix, RangeEntry};
@@ -127,7 +127,7 @@ fn tenant() -> impl Strategy<Value = TenantId> {
 /// What [`read_frame`] must return for `stream` and `max`, as a plain function of the bytes.
 #[derive(Debug, PartialEq)]
 enum Expected {
-    /// The stream ends before or inside the length prefix.
+    /// The stream ends before the length prefix.
     End,
     /// The announced length is over `max`.
     TooLarge { len: usize },
@@ -138,8 +138,11 @@ enum Expected {
 }
 
 fn expected_frame(stream: &[u8], max: usize) -> Expected {
-    let Some(prefix) = stream.get(..4) else {
+    if stream.is_empty() {
         return Expected::End;
+    }
+    let Some(prefix) = stream.get(..4) else {
+        return Expected::Truncated;
     };
     let len = u32::from_be_bytes(prefix.try_into().unwrap()) as usize;
     if len > max {
@@ -160,11 +163,7 @@ fn read_one(stream: &[u8], max: usize) -> Result<Option<Vec<u8>>, FrameError> {
 fn check_frame(stream: &[u8], max: usize) -> Result<(), TestCaseError> {
     let result = read_one(stream, max);
     match (expected_frame(stream, max), result) {
-        // NOTE: a stream that ends inside the 4-byte length prefix also reads as a clean end
-        // (`Ok(None)`), because `read_exact` reports both as `UnexpectedEof`. Either result
-        // delivers no frame, so this accepts both.
         (Expected::End, Ok(None)) => {}
-        (Expected::End, Err(FrameError::Io(_))) if !stream.is_empty() => {}
         (
             Expected::TooLarge { len },
             Err(FrameError::TooLarge {
@@ -347,6 +346,26 @@ proptest! {
             check_decoded_hello(&bytes, &decoded)?;
         }
     }
+}
+
+#[test]
+fn hello_trailing_bytes_rejected() {
+    let hello = Hello {
+        version: 1,
+        fleet: "fleet1example".to_string(),
+        site: "leeds".to_string(),
+        tenants: vec![TenantId::new("acme").unwrap()],
+        credentials: Vec::new(),
+    };
+    let mut bytes = hello.encode();
+    bytes.push(0);
+
+    let result = Hello::decode(&bytes);
+
+    assert!(
+        matches!(result, Err(FrameError::InvalidHello(_))),
+        "{result:?}"
+    );
 }
 
 #[test]
@@ -799,8 +818,7 @@ fn changes_message(change: &[u8]) -> Vec<u8> {
 
 #[test]
 fn message_decode_rejects_deflate_bomb() {
-    // Four times the largest frame.
-    let inflated_len = 4 * FRAME_LEN_MAX;
+    let inflated_len = CHANGE_INFLATED_LEN_MAX + 1;
     let bytes = changes_message(&deflate_bomb_change(inflated_len));
     assert!(bytes.len() < FRAME_LEN_MAX / 16, "{} bytes", bytes.len());
 
