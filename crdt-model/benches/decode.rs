@@ -1,19 +1,24 @@
 //! Decoding of signed changes: a first collection of 700 packages (a compressed change), one
-//! package upgrade (an uncompressed change) and the hand-built regression inputs of
-//! `tests/regressions/`, which the decoder must reject quickly.
+//! package upgrade (an uncompressed change), and with `DECODE_BENCH_BOMBS=1` the rejection of
+//! the op-count bomb of `tests/regressions/` and of a DEFLATE bomb.
 //!
-//! Run with `cargo bench -p fleetmesh-model --bench decode`.
+//! Run with `DECODE_BENCH_BOMBS=1 cargo bench -p fleetmesh-model --bench decode`.
 
 #![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed benchmark")]
 #![allow(missing_docs, reason = "criterion generates the entry point")]
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use ed25519_dalek::SigningKey;
+use flate2::write::DeflateEncoder;
+use flate2::Compression;
 use fleetmesh_model::facts::Package;
-use fleetmesh_model::{DocId, Facts, Identity, NodeDocument, NodeId, SignedChange, TenantId};
+use fleetmesh_model::{
+    DocId, Facts, Identity, NodeDocument, NodeId, SignedChange, TenantId, CHANGE_INFLATED_LEN_MAX,
+};
 
 fn identity(node: NodeId) -> Identity {
     Identity {
@@ -75,12 +80,48 @@ fn regression_input(name: &str) -> Option<Vec<u8>> {
     hex::decode(digits).ok()
 }
 
+/// Builds a compressed change chunk that inflates to just over [`CHANGE_INFLATED_LEN_MAX`]: an
+/// empty change whose commit message is all zero bytes. The checksum is left zero.
+fn deflate_bomb() -> Vec<u8> {
+    let message_len = CHANGE_INFLATED_LEN_MAX;
+    let mut body = vec![0, 32];
+    body.extend_from_slice(&[7; 32]);
+    body.extend_from_slice(&[1, 1, 0]);
+    write_uleb(message_len as u64, &mut body);
+    body.resize(body.len() + message_len, 0);
+    body.extend_from_slice(&[0, 0]);
+
+    let mut encoder = DeflateEncoder::new(Vec::new(), Compression::best());
+    encoder.write_all(&body).unwrap();
+    let compressed = encoder.finish().unwrap();
+
+    let mut chunk = vec![0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 2];
+    write_uleb(compressed.len() as u64, &mut chunk);
+    chunk.extend_from_slice(&compressed);
+    chunk
+}
+
+fn write_uleb(mut value: u64, out: &mut Vec<u8>) {
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
 fn decode(c: &mut Criterion) {
     let (first, upgrade) = changes();
     let doc = first.doc().clone();
+    let first_change = first.to_change().unwrap();
     println!(
-        "first collection: {} bytes, upgrade: {} bytes",
+        "first collection: {} bytes ({} inflated, {} operations), upgrade: {} bytes",
         first.bytes().len(),
+        first_change.raw_bytes().len(),
+        first_change.len(),
         upgrade.bytes().len()
     );
 
@@ -107,6 +148,16 @@ fn decode(c: &mut Criterion) {
         c.bench_function("decode_op_count_bomb", |b| {
             b.iter_batched(
                 || bomb.clone(),
+                |bytes| SignedChange::decode(node_doc.clone(), bytes, None).unwrap_err(),
+                BatchSize::SmallInput,
+            )
+        });
+
+        let deflate_bomb = deflate_bomb();
+        println!("deflate bomb: {} bytes", deflate_bomb.len());
+        c.bench_function("decode_deflate_bomb", |b| {
+            b.iter_batched(
+                || deflate_bomb.clone(),
                 |bytes| SignedChange::decode(node_doc.clone(), bytes, None).unwrap_err(),
                 BatchSize::SmallInput,
             )
