@@ -997,6 +997,20 @@ fn change_decode_rejects_ops_over_limit() {
     assert!(message.contains("CHANGE_OPS_MAX"), "{message}");
 }
 
+/// The op-count bomb of `tests/regressions/` claims 2^62 operations in 114 bytes.
+#[test]
+fn change_op_count_bomb_rejected_by_limit() {
+    let (_, bytes) = regression_inputs()
+        .into_iter()
+        .find(|(path, _)| path.ends_with("change-op-count-bomb.hex"))
+        .expect("tests/regressions/change-op-count-bomb.hex is missing");
+
+    let result = decode_with_timeout("the op-count bomb", bytes, decode_ops_change);
+
+    let message = result.unwrap_err().to_string();
+    assert!(message.contains("CHANGE_OPS_MAX"), "{message}");
+}
+
 /// The same construction with fewer operations decodes, so the limit is what rejects it.
 #[test]
 fn change_decode_accepts_ops_under_limit() {
