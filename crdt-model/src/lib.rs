@@ -3,6 +3,7 @@
 //! This crate is pure: no I/O, no async, no clock. Callers pass times in, and bytes come and go
 //! as values. The node crate stores, syncs and queries what this crate defines.
 
+mod change_chunk;
 pub mod document;
 pub mod facts;
 pub mod ids;
@@ -11,6 +12,7 @@ pub mod signed;
 mod tree;
 
 pub use automerge::{Change, ChangeHash, Patch, PatchAction, Prop};
+pub use change_chunk::{CHANGE_INFLATED_LEN_MAX, CHANGE_OPS_MAX};
 pub use document::{DocumentError, Identity, NodeDocument};
 pub use facts::Facts;
 pub use ids::{DocId, DocKind, IdError, NodeId, TenantId};

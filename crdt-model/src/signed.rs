@@ -11,6 +11,10 @@
 //! The change hash is automerge's SHA-256 over the change chunk, so it commits to every byte of
 //! the change. Altering a byte, signing with a key other than the actor's, or replaying the change
 //! under another document id each makes verification fail.
+//!
+//! Decoding checks the chunk before automerge parses it (see [`crate::CHANGE_INFLATED_LEN_MAX`]
+//! and [`crate::CHANGE_OPS_MAX`]), so a small change cannot make the decoder inflate or walk an
+//! unbounded amount of data.
 
 use std::fmt;
 use std::sync::Arc;
@@ -19,6 +23,7 @@ use automerge::{Change, ChangeHash};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
+use crate::change_chunk;
 use crate::ids::{DocId, DocKind, NodeId};
 
 const SIGNING_DOMAIN: &[u8] = b"fleetmesh/change/v1\0";
@@ -182,10 +187,7 @@ impl SignedChange {
         bytes: Vec<u8>,
         signature: Option<[u8; 64]>,
     ) -> Result<Self, VerifyError> {
-        let change = Change::from_bytes(bytes.clone()).map_err(|err| VerifyError::Malformed {
-            doc: doc.to_string(),
-            reason: err.to_string(),
-        })?;
+        let change = parse_change(&doc, &bytes)?;
         let header = header_of(&doc, &change)?;
         Ok(SignedChange {
             doc,
@@ -265,10 +267,7 @@ impl SignedChange {
 
     /// Decodes the bytes into an automerge change for applying to a document.
     pub fn to_change(&self) -> Result<Change, VerifyError> {
-        Change::from_bytes(self.bytes.to_vec()).map_err(|err| VerifyError::Malformed {
-            doc: self.doc.to_string(),
-            reason: err.to_string(),
-        })
+        parse_change(&self.doc, &self.bytes)
     }
 
     /// Returns a copy with the document id replaced, keeping bytes and signature. Tests use it to
@@ -316,6 +315,17 @@ fn varint_len(value: usize) -> usize {
     len
 }
 
+/// Checks the chunk's limits, then parses it with automerge. A compressed change reaches
+/// automerge inflated, under the same hash.
+fn parse_change(doc: &DocId, bytes: &[u8]) -> Result<Change, VerifyError> {
+    let malformed = |reason: String| VerifyError::Malformed {
+        doc: doc.to_string(),
+        reason,
+    };
+    let chunk = change_chunk::check(bytes).map_err(|err| malformed(err.to_string()))?;
+    Change::from_bytes(chunk.into_owned()).map_err(|err| malformed(err.to_string()))
+}
+
 fn header_of(doc: &DocId, change: &Change) -> Result<ChangeHeader, VerifyError> {
     let actor: [u8; 32] =
         change
@@ -358,12 +368,17 @@ impl WireChange {
         })?;
         let signature = match self.signature {
             None => None,
-            Some(bytes) => Some(bytes.as_slice().try_into().map_err(|_| {
-                VerifyError::Malformed {
-                    doc: doc.to_string(),
-                    reason: format!("signature is {} bytes, expected 64", bytes.len()),
-                }
-            })?),
+            Some(bytes) => {
+                Some(
+                    bytes
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| VerifyError::Malformed {
+                            doc: doc.to_string(),
+                            reason: format!("signature is {} bytes, expected 64", bytes.len()),
+                        })?,
+                )
+            }
         };
         SignedChange::decode(doc, self.bytes, signature)
     }
@@ -390,7 +405,10 @@ mod serde_bytes_vec {
             fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
                 Ok(v)
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Vec<u8>, A::Error> {
                 let mut out = Vec::new();
                 while let Some(b) = seq.next_element()? {
                     out.push(b);

@@ -171,7 +171,15 @@ impl Hello {
                 max: HELLO_LEN_MAX,
             });
         }
-        postcard::from_bytes(bytes).map_err(|err| FrameError::InvalidHello(err.to_string()))
+        let (hello, rest) = postcard::take_from_bytes(bytes)
+            .map_err(|err| FrameError::InvalidHello(err.to_string()))?;
+        if !rest.is_empty() {
+            return Err(FrameError::InvalidHello(format!(
+                "{} bytes follow the hello",
+                rest.len()
+            )));
+        }
+        Ok(hello)
     }
 }
 
@@ -265,16 +273,28 @@ pub async fn write_frame<W: futures::AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Reads one frame of at most `max` bytes. Returns `None` at a clean end of stream.
+/// Reads one frame of at most `max` bytes. Returns `None` at a clean end of stream, that is one
+/// before the first byte of a frame. A stream that ends inside a frame is an error.
 pub async fn read_frame<R: futures::AsyncRead + Unpin>(
     reader: &mut R,
     max: usize,
 ) -> Result<Option<Vec<u8>>, FrameError> {
     let mut len_bytes = [0u8; 4];
-    match reader.read_exact(&mut len_bytes).await {
-        Ok(()) => {}
-        Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(err) => return Err(err.into()),
+    let mut filled = 0;
+    while filled < len_bytes.len() {
+        match reader.read(&mut len_bytes[filled..]).await {
+            Ok(0) if filled == 0 => return Ok(None),
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("the stream ended after {filled} of the 4 bytes of a frame length"),
+                )
+                .into())
+            }
+            Ok(read) => filled += read,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err.into()),
+        }
     }
     let len = u32::from_be_bytes(len_bytes) as usize;
     if len > max {
