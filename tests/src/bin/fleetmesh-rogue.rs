@@ -217,10 +217,15 @@ fn attack_frames(
             let signed = SignedChange::sign(victim_doc, &mut change, key)?;
             vec![sync(Message::Changes(vec![signed]))]
         }
-        // A change that claims the victim as its author, signed with this node's key.
+        // A change that claims another member as its author, signed with this node's key.
         "forged-author" => {
-            let mut change = change_by(tenant, victim, "rogue-forged")?;
-            let signed = SignedChange::sign(victim_doc, &mut change, key)?;
+            let other = NodeId(
+                ed25519_dalek::SigningKey::from_bytes(&[7; 32])
+                    .verifying_key()
+                    .to_bytes(),
+            );
+            let mut change = change_by(tenant, other, "rogue-forged")?;
+            let signed = SignedChange::sign(DocId::node(tenant.clone(), other), &mut change, key)?;
             vec![sync(Message::Changes(vec![signed]))]
         }
         // A valid change of this node's own document, replayed under another document id.
