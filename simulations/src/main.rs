@@ -242,11 +242,18 @@ fn sweep(common: &Common, seeds: &str, jobs: Option<usize>) -> Result<bool> {
                                 common.command(seed, nodes)
                             );
                         }
+                        // One line per finished seed, so that an interrupted sweep's log
+                        // still shows which seeds ran and whether they passed.
                         let mut rows = rows.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                        println!(
+                            "seed {seed} {}: hops to 99% {}, time to 100% {} ms; {} runs done, {:.0} s",
+                            if row.passed { "passed" } else { "FAILED" },
+                            finite_text(row.hops99, 0),
+                            finite_text(row.time100_ms, 1),
+                            rows.len() + 1,
+                            started.elapsed().as_secs_f64()
+                        );
                         rows.push(row);
-                        if rows.len() % 50 == 0 {
-                            println!("{} runs done, {:.0} s", rows.len(), started.elapsed().as_secs_f64());
-                        }
                     }
                     Err(err) => {
                         let text = format!("SEED={seed} could not run: {err:#}");
@@ -314,6 +321,13 @@ fn sweep(common: &Common, seeds: &str, jobs: Option<usize>) -> Result<bool> {
 
 fn finite(value: f64) -> Option<f64> {
     value.is_finite().then_some(value)
+}
+
+fn finite_text(value: f64, decimals: usize) -> String {
+    match finite(value) {
+        Some(value) => format!("{value:.decimals$}"),
+        None => "n/a".to_string(),
+    }
 }
 
 fn median(values: &mut [f64]) -> Option<f64> {

@@ -173,6 +173,8 @@ pub struct EngineSpec {
     pub anti_entropy_interval_ms: Option<u64>,
     /// `Config::ihave_interval_ms`.
     pub ihave_interval_ms: Option<u64>,
+    /// `Config::ihave_peers_max`.
+    pub ihave_peers_max: Option<usize>,
     /// `Config::graft_timeout_ms`.
     pub graft_timeout_ms: Option<u64>,
     /// `Config::wan_peer_weight`.

@@ -642,6 +642,7 @@ impl Sim {
                 .anti_entropy_interval_ms
                 .unwrap_or(defaults.anti_entropy_interval_ms),
             ihave_interval_ms: spec.ihave_interval_ms.unwrap_or(defaults.ihave_interval_ms),
+            ihave_peers_max: spec.ihave_peers_max.unwrap_or(defaults.ihave_peers_max),
             graft_timeout_ms: spec.graft_timeout_ms.unwrap_or(defaults.graft_timeout_ms),
             wan_peer_weight: spec.wan_peer_weight.unwrap_or(defaults.wan_peer_weight),
             recon_items_max: spec.recon_items_max.unwrap_or(defaults.recon_items_max),

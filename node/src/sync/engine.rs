@@ -7,9 +7,10 @@
 //! The engine combines two mechanisms:
 //!
 //! - Eager push with lazy repair, as in PlumTree: a new change goes in full to "eager" peers and
-//!   is announced with [`Message::IHave`] to "lazy" peers. A peer that pushes a change we already
-//!   have is sent [`Message::Prune`] and becomes lazy, so the eager links thin out to a tree. An
-//!   announced change that does not arrive within the graft timeout is requested with
+//!   is announced with [`Message::IHave`] to "lazy" peers (by default all of them, see
+//!   [`Config::ihave_peers_max`]). A peer that pushes a change we already have is sent
+//!   [`Message::Prune`] and becomes lazy, so the eager links thin out to a tree. An announced
+//!   change that does not arrive within the graft timeout is requested with
 //!   [`Message::Graft`], which makes that link eager again. Same-site (LAN) peers start eager,
 //!   and a WAN peer starts eager only with probability [`Config::wan_peer_weight`].
 //! - Range-based reconciliation (anti-entropy) on connect and periodically with one random peer,
@@ -58,6 +59,12 @@ pub struct Config {
     pub max_missing: usize,
     /// Delay for batching [`Message::IHave`] announcements, in milliseconds.
     pub ihave_interval_ms: u64,
+    /// Maximum number of lazy peers that each new change is announced to, drawn at random per
+    /// change among the lazy peers that share its tenant. The default, `usize::MAX`, announces to
+    /// every lazy peer. A small limit cuts announcement bytes, but in the simulator it deepened
+    /// the push tree, raised duplicates in small meshes, and left more lost pushes to
+    /// anti-entropy.
+    pub ihave_peers_max: usize,
     /// Base time to wait for an announced change before grafting, in milliseconds. Each wait is
     /// drawn uniformly from one to two times this value, so that the nodes of a site do not all
     /// graft the same change over their WAN links at once.
@@ -81,6 +88,7 @@ impl Default for Config {
             max_pending: 4096,
             max_missing: 4096,
             ihave_interval_ms: 50,
+            ihave_peers_max: usize::MAX,
             graft_timeout_ms: 250,
             wan_peer_weight: 0.25,
             recon_items_max: 16,

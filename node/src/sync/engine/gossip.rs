@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use fleetmesh_model::{NodeId, SignedChange};
+use rand::seq::SliceRandom;
 
 use super::{Engine, Missing};
 use crate::sync::pending::ChainKey;
@@ -10,35 +11,45 @@ use crate::sync::recon::ChainHead;
 use crate::sync::{ChangeStore, Message, Timestamp, Verify};
 
 impl<S: ChangeStore, V: Verify> Engine<S, V> {
-    /// Pushes newly stored changes to eager peers and queues announcements for lazy peers. A
-    /// change never goes back to the peer it came from (`None` for this node's own changes),
-    /// nor to a peer that does not share its tenant.
+    /// Pushes newly stored changes to eager peers and queues announcements for at most
+    /// [`super::Config::ihave_peers_max`] lazy peers per change. A change never goes back to the
+    /// peer it came from (`None` for this node's own changes), nor to a peer that does not share
+    /// its tenant.
     pub(super) fn forward(&mut self, changes: &[(SignedChange, Option<NodeId>)], now: Timestamp) {
         if changes.is_empty() {
             return;
         }
 
-        let mut pushes = Vec::new();
+        let mut pushes: BTreeMap<NodeId, Vec<SignedChange>> = BTreeMap::new();
         let mut announced = false;
-        for (id, peer) in self.peers.iter_mut() {
-            let mut push = Vec::new();
-            for (change, from) in changes {
+        for (change, from) in changes {
+            let mut lazy = Vec::new();
+            for (id, peer) in &self.peers {
                 if *from == Some(*id) || !peer.tenants.contains(&change.doc().tenant) {
                     continue;
                 }
                 if peer.eager {
-                    push.push(change.clone());
+                    pushes.entry(*id).or_default().push(change.clone());
                 } else {
-                    let seq = peer
-                        .announce
-                        .entry((change.doc().clone(), change.author()))
-                        .or_insert(0);
+                    lazy.push(*id);
+                }
+            }
+
+            // Announce to a random subset when there are more lazy peers than the limit. The
+            // RNG is drawn only then, so a limit at or above the peer count changes no other
+            // random choice of the engine.
+            let limit = self.config.ihave_peers_max;
+            if lazy.len() > limit {
+                lazy = lazy.partial_shuffle(&mut self.rng, limit).0.to_vec();
+            }
+
+            let chain: ChainKey = (change.doc().clone(), change.author());
+            for id in lazy {
+                if let Some(peer) = self.peers.get_mut(&id) {
+                    let seq = peer.announce.entry(chain.clone()).or_insert(0);
                     *seq = (*seq).max(change.seq());
                     announced = true;
                 }
-            }
-            if !push.is_empty() {
-                pushes.push((*id, push));
             }
         }
 

@@ -606,6 +606,83 @@ fn ihave_no_graft_when_delivered() {
     assert_eq!(grafts, 0);
 }
 
+/// Creates an engine with `lazy` connected LAN peers, all pruned, stores one local change, and
+/// returns the peers that were sent an announcement of it.
+fn announced_peers(ihave_peers_max: usize, lazy: u8) -> Vec<NodeId> {
+    let mut writer = Writer::new("acme", 1);
+    let local = LocalInfo {
+        node: writer.node,
+        site: "hq".to_string(),
+        tenants: vec![tenant("acme")],
+    };
+    let config = Config {
+        ihave_peers_max,
+        ..test_config()
+    };
+    let mut engine = Engine::new(config.clone(), local, MemStore::new(), SignatureVerifier);
+    for index in 0..lazy {
+        let peer = NodeId([10 + index; 32]);
+        let info = PeerInfo {
+            site: "hq".to_string(),
+            tenants: vec![tenant("acme")],
+        };
+        engine.handle_connected(peer, info, 0);
+        engine.handle_message(peer, Message::Prune, 0);
+        assert!(!engine.is_eager(&peer));
+    }
+    drain(&mut engine);
+
+    let change = writer.next_change();
+    engine
+        .store_mut()
+        .insert(&change)
+        .expect("the first change of a chain is stored");
+    engine.handle_local_change(change, 10);
+    let pushes = drain(&mut engine)
+        .into_iter()
+        .filter(|action| {
+            matches!(
+                action,
+                Action::Send {
+                    message: Message::Changes(_),
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(pushes, 0, "lazy peers get no push");
+
+    engine.handle_timeout(10 + config.ihave_interval_ms);
+    let mut announced: Vec<NodeId> = drain(&mut engine)
+        .into_iter()
+        .filter_map(|action| match action {
+            Action::Send {
+                peer,
+                message: Message::IHave { heads },
+            } => {
+                assert_eq!(heads.len(), 1);
+                Some(peer)
+            }
+            _ => None,
+        })
+        .collect();
+    announced.sort();
+    announced.dedup();
+    announced
+}
+
+#[test]
+fn ihave_limited_to_peers_max() {
+    assert_eq!(announced_peers(2, 6).len(), 2);
+    assert_eq!(announced_peers(0, 6).len(), 0);
+}
+
+#[test]
+fn ihave_reaches_all_under_limit() {
+    assert_eq!(announced_peers(8, 6).len(), 6);
+    assert_eq!(announced_peers(6, 6).len(), 6);
+}
+
 #[test]
 fn anti_entropy_repairs_lost_push() {
     let config = Config {
