@@ -75,7 +75,7 @@ pub enum VerifyError {
         author: String,
         /// The change's sequence number in its author's chain.
         seq: u64,
-        /// Why membership refuses it.
+        /// The reason membership rejects it.
         reason: String,
     },
     /// The author was revoked or its certificate is no longer accepted. The sender may not know
@@ -88,7 +88,7 @@ pub enum VerifyError {
         author: String,
         /// The change's sequence number in its author's chain.
         seq: u64,
-        /// Why it is refused.
+        /// The reason it is refused.
         reason: String,
     },
     /// The change is larger than a receiver accepts.

@@ -235,7 +235,7 @@ impl Node {
         })
     }
 
-    /// Returns a join command for another machine when this node holds its fleet's root key
+    /// Returns a join command for another machine when this node has its fleet's root key
     /// (a local fleet): a fresh token for this node's tenant and site, and this node's address.
     pub fn join_command(&self, address: Option<&str>) -> Option<String> {
         let root = self.local_root.as_ref()?;
@@ -453,7 +453,7 @@ struct LoopState {
     rng: rand_chacha::ChaCha8Rng,
     collecting: bool,
     next_writer_id: u64,
-    /// What the valid hello of each peer's current inbound stream established, with that
+    /// Peer info from the valid hello of each peer's current inbound stream, with that
     /// stream's id.
     hellos: HashMap<PeerId, (u64, PeerInfo)>,
     /// When each peer was last warned about, for rate-limiting warnings.
@@ -548,8 +548,8 @@ impl LoopState {
                 connection,
                 result: Err(err),
             })) => {
-                // libp2p keeps a connection whose pings fail; close it, so that a dead WAN link
-                // is noticed and the peer redialed instead of waiting on TCP retransmissions.
+                // libp2p keeps a connection whose pings fail. Closing it lets the node notice a
+                // dead WAN link and redial, instead of waiting on TCP retransmissions.
                 debug!(peer = %peer, error = %err, "ping failed, closing the connection");
                 swarm.close_connection(connection);
             }
@@ -759,7 +759,7 @@ impl LoopState {
         if let Err(err) = engine.store().save_member(&node, &hello.credentials) {
             warn!(peer = %peer, error = %err, "remembering the peer's certificate chain failed");
         }
-        // The certificate, not the hello, says which tenants the peer may receive.
+        // The certificate, not the hello, decides which tenants the peer may receive.
         let info = PeerInfo {
             site: member.site.clone(),
             tenants: hello
@@ -1208,7 +1208,7 @@ async fn write_stream(
 }
 
 /// Returns the encoded chains of the authors in `message` that `link` has not sent yet, and
-/// marks them sent. The receiving peer knows its own chain.
+/// marks them sent. The receiving peer already has its own chain.
 fn chains_to_send(
     verifier: &MemberVerifier,
     link: &mut PeerLink,
@@ -1338,6 +1338,7 @@ mod tests {
         assert!(check_scope_option("tenant", "acme", Some("acme")).is_ok());
         let err = check_scope_option("site", "leeds", Some("york")).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("\"leeds\"") && text.contains("\"york\""), "{text}");
+        assert!(text.contains("\"leeds\""), "{text}");
+        assert!(text.contains("\"york\""), "{text}");
     }
 }

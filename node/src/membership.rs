@@ -5,7 +5,7 @@
 //! A node learns the chain of each author before it accepts the author's changes: directly
 //! connected peers present theirs in the hello, and a peer that relays another author's changes
 //! sends that author's chain first (see `daemon`). Chains are remembered in the store, so a node
-//! can verify and pass on what it holds after a restart.
+//! can verify and pass on what it stores after a restart.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -188,7 +188,7 @@ pub fn stored_revocations(store: &Store, fleet: &FleetId) -> Result<RevocationSe
     Ok(set)
 }
 
-/// What the verifier knows about one author.
+/// The verifier's record of one author.
 #[derive(Clone, Debug)]
 enum Author {
     /// The chain verified; the member may write what its role allows.
@@ -218,7 +218,7 @@ pub struct MemberVerifier {
 }
 
 impl MemberVerifier {
-    /// Creates a verifier for `fleet` that knows no author yet.
+    /// Creates a verifier for `fleet` with no known author yet.
     pub fn new(fleet: FleetId) -> MemberVerifier {
         MemberVerifier {
             fleet,

@@ -32,7 +32,7 @@ pub const FRAME_SYNC: u8 = 0;
 /// Tag of a frame that carries certificate chains.
 pub const FRAME_CHAINS: u8 = 1;
 
-/// Most chains in one chains frame.
+/// Maximum number of chains in one chains frame.
 pub const CHAINS_PER_FRAME_MAX: usize = 256;
 
 /// Largest frame accepted from a peer, in bytes.

@@ -2,7 +2,7 @@
 //! fleet sync, a node writes only its own document, tenants stay apart, and enrollment works
 //! while the fleet root key is offline.
 //!
-//! The attacks come from `fleetmesh-rogue`, a test program that holds real credentials made by
+//! The attacks come from `fleetmesh-rogue`, a test program with real credentials made by
 //! `fleetmesh join` and sends one kind of invalid data. Every case checks that the node under
 //! attack closed the connection, said why in its log, and stored nothing from the attacker.
 
@@ -84,7 +84,8 @@ fn expired_token_and_expired_certificate_are_refused() -> Result<()> {
     let output = late.cli(&["join", &short])?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "join with an expired token succeeded");
-    assert!(stderr.contains("expired") && stderr.contains("fleet token"), "{stderr}");
+    assert!(stderr.contains("expired"), "{stderr}");
+    assert!(stderr.contains("fleet token"), "{stderr}");
     assert!(!late.data_dir.exists(), "a refused join created {}", late.data_dir.display());
 
     e.start(&[])?;
@@ -161,7 +162,7 @@ fn invalid_data_from_an_enrolled_peer_is_refused() -> Result<()> {
     let a_address = a.quic_address()?;
     let a_id = a.node_id()?;
     wait_listed(&a, &["node-a"])?;
-    // The rogue holds a real node certificate of A's fleet, tenant "default".
+    // The rogue has a real node certificate of A's fleet, tenant "default".
     rogue_node.join_fleet_of(&a, &a_address)?;
     let a_changes = a.stored_changes_by(&a_id)?;
 

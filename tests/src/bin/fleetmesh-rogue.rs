@@ -150,7 +150,7 @@ async fn run(
     }))
 }
 
-/// The tenants the hello claims: the certificate's, plus the asked-for tenant.
+/// Returns the tenants the hello claims: the certificate's, plus the requested tenant.
 fn claimed_tenants(own: &TenantId, asked: Option<&str>) -> Result<Vec<TenantId>> {
     let mut tenants = vec![own.clone()];
     if let Some(asked) = asked {
@@ -179,7 +179,7 @@ async fn send(mut stream: libp2p::Stream, hello: Hello, frames: Vec<Vec<u8>>) ->
     Ok(())
 }
 
-/// An unsigned change of a node document of `tenant` whose automerge actor is `actor`.
+/// Makes an unsigned change of a node document of `tenant` whose automerge actor is `actor`.
 fn change_by(
     tenant: &TenantId,
     actor: NodeId,
