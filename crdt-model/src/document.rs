@@ -11,13 +11,17 @@
 //! produces no change and one package upgrade produces one small change. A replica of another
 //! node's document is the same type, fed with [`NodeDocument::apply`].
 
-use automerge::{transaction::CommitOptions, AutoCommit, ActorId, Change, ChangeHash, ReadDoc};
+use automerge::{transaction::CommitOptions, ActorId, AutoCommit, Change, ChangeHash, ReadDoc};
 use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
+use std::collections::BTreeMap;
+
 use crate::facts::Facts;
+use crate::history::{self, ChangeRecord, FactChange};
 use crate::ids::{DocId, NodeId, TenantId};
+use crate::policy::ComplianceResult;
 use crate::signed::{SignedChange, VerifyError};
 use crate::tree;
 
@@ -56,6 +60,9 @@ pub enum DocumentError {
         found: String,
     },
 }
+
+/// Root key of the compliance results in a node document.
+pub const COMPLIANCE_SECTION: &str = "compliance";
 
 /// Who a node is: written into the `identity` section of its document.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,7 +178,10 @@ impl NodeDocument {
             return Err(err);
         }
 
-        match self.doc.commit_with(CommitOptions::default().with_time(time)) {
+        match self
+            .doc
+            .commit_with(CommitOptions::default().with_time(time))
+        {
             Some(_) => Ok(self.doc.get_last_local_change()),
             None => Ok(None),
         }
@@ -193,10 +203,120 @@ impl NodeDocument {
 
     fn write_sections(&mut self, identity: &Identity, facts: &Facts) -> Result<(), DocumentError> {
         let mut root = serde_json::Map::new();
-        root.insert("identity".to_string(), to_json(&self.id, "identity", identity)?);
+        root.insert(
+            "identity".to_string(),
+            to_json(&self.id, "identity", identity)?,
+        );
         root.insert("facts".to_string(), to_json(&self.id, "facts", facts)?);
-        tree::write_map(&mut self.doc, &automerge::ROOT, &root)
+        // Other root sections (the compliance results) have their own writer.
+        tree::write_keys(&mut self.doc, &automerge::ROOT, &root)
             .map_err(|source| self.automerge_error(source))
+    }
+
+    /// Writes the compliance results of this node as a minimal diff and commits. Results of
+    /// checks that are no longer in `results` are deleted. Returns the new change, signed, or
+    /// `None` when the document already holds exactly these results.
+    pub fn record_compliance(
+        &mut self,
+        results: &BTreeMap<String, ComplianceResult>,
+        time: i64,
+        key: &SigningKey,
+    ) -> Result<Option<SignedChange>, DocumentError> {
+        let mut root = serde_json::Map::new();
+        let value = to_json(&self.id, COMPLIANCE_SECTION, results)?;
+        root.insert(COMPLIANCE_SECTION.to_string(), value);
+        if let Err(source) = tree::write_keys(&mut self.doc, &automerge::ROOT, &root) {
+            self.doc.rollback();
+            return Err(self.automerge_error(source));
+        }
+        if self
+            .doc
+            .commit_with(CommitOptions::default().with_time(time))
+            .is_none()
+        {
+            return Ok(None);
+        }
+        match self.doc.get_last_local_change() {
+            Some(mut change) => Ok(Some(SignedChange::sign(self.id.clone(), &mut change, key)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads the compliance results, at `heads` if given.
+    pub fn compliance(
+        &self,
+        heads: Option<&[ChangeHash]>,
+    ) -> Result<BTreeMap<String, ComplianceResult>, DocumentError> {
+        self.read_section(COMPLIANCE_SECTION, heads)
+    }
+
+    /// Lists the facts that the changes between `before` and `after` changed, with old and new
+    /// values. `before` empty means the empty document.
+    pub fn fact_changes(
+        &mut self,
+        before: &[ChangeHash],
+        after: &[ChangeHash],
+    ) -> Result<Vec<FactChange>, DocumentError> {
+        let current = self.doc.get_heads();
+        let items = history::touched_items(&mut self.doc, before, after);
+        let mut out = Vec::new();
+        for path in items {
+            let old = tree::read_path(&self.doc, &path, Some(before))
+                .map_err(|source| self.automerge_error(source))?;
+            let after_heads = (after != current.as_slice()).then_some(after);
+            let new = tree::read_path(&self.doc, &path, after_heads)
+                .map_err(|source| self.automerge_error(source))?;
+            out.extend(history::diff_from(
+                path,
+                old.as_ref(),
+                new.as_ref(),
+                &|_: &[String]| false,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Lists what each of the owner's changes did, oldest first.
+    pub fn history(&mut self) -> Result<Vec<ChangeRecord>, DocumentError> {
+        let owner = ActorId::from(self.id.key.to_vec());
+        let changes: Vec<(u64, i64, ChangeHash, Vec<ChangeHash>)> = self
+            .doc
+            .get_changes(&[])
+            .into_iter()
+            .filter(|change| change.actor_id() == &owner)
+            .map(|change| {
+                (
+                    change.seq(),
+                    change.timestamp(),
+                    change.hash(),
+                    change.deps().to_vec(),
+                )
+            })
+            .collect();
+        let mut out = Vec::with_capacity(changes.len());
+        for (seq, time, hash, deps) in changes {
+            let facts = self.fact_changes(&deps, &[hash])?;
+            out.push(ChangeRecord {
+                seq,
+                time,
+                hash: hash.to_string(),
+                facts,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Returns the heads of the owner's state as it was at `time` (seconds since the Unix
+    /// epoch): the last change committed at or before `time`. Empty when there was none yet.
+    pub fn heads_at_time(&mut self, time: i64) -> Vec<ChangeHash> {
+        let owner = ActorId::from(self.id.key.to_vec());
+        self.doc
+            .get_changes(&[])
+            .into_iter()
+            .filter(|change| change.actor_id() == &owner && change.timestamp() <= time)
+            .max_by_key(|change| change.seq())
+            .map(|change| vec![change.hash()])
+            .unwrap_or_default()
     }
 
     /// Applies a verified change from the owner. Changes whose dependencies are missing are
@@ -277,7 +397,11 @@ impl NodeDocument {
     }
 }
 
-fn to_json<T: Serialize>(id: &DocId, section: &'static str, value: &T) -> Result<Json, DocumentError> {
+fn to_json<T: Serialize>(
+    id: &DocId,
+    section: &'static str,
+    value: &T,
+) -> Result<Json, DocumentError> {
     serde_json::to_value(value).map_err(|err| DocumentError::Schema {
         doc: id.to_string(),
         section,

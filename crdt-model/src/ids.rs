@@ -22,7 +22,9 @@ pub const NAME_LEN_MAX: usize = 64;
 #[non_exhaustive]
 pub enum IdError {
     /// The text is not base58 or does not decode to an ed25519 `PeerId`.
-    #[error("invalid node id {0:?}: expected a libp2p peer id of an ed25519 key (starts with 12D3KooW)")]
+    #[error(
+        "invalid node id {0:?}: expected a libp2p peer id of an ed25519 key (starts with 12D3KooW)"
+    )]
     InvalidNodeId(String),
     /// The name is empty, too long or has characters outside `[a-z0-9._-]`.
     #[error(
@@ -287,7 +289,9 @@ impl DocId {
     pub fn from_bytes(bytes: &[u8]) -> Result<DocId, IdError> {
         let (&tag, rest) = bytes.split_first().ok_or(IdError::InvalidDocId("empty"))?;
         let kind = DocKind::from_tag(tag).ok_or(IdError::InvalidDocId("unknown kind"))?;
-        let (&len, rest) = rest.split_first().ok_or(IdError::InvalidDocId("truncated"))?;
+        let (&len, rest) = rest
+            .split_first()
+            .ok_or(IdError::InvalidDocId("truncated"))?;
         let len = usize::from(len);
         if rest.len() != len + 32 {
             return Err(IdError::InvalidDocId("wrong length"));

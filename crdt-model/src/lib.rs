@@ -6,8 +6,10 @@
 mod change_chunk;
 pub mod document;
 pub mod facts;
+pub mod history;
 pub mod ids;
 pub mod membership;
+pub mod policy;
 pub mod signed;
 mod tree;
 
@@ -15,5 +17,7 @@ pub use automerge::{Change, ChangeHash, Patch, PatchAction, Prop};
 pub use change_chunk::{CHANGE_INFLATED_LEN_MAX, CHANGE_OPS_MAX};
 pub use document::{DocumentError, Identity, NodeDocument};
 pub use facts::Facts;
+pub use history::{Action, ChangeRecord, FactChange, LineEdit};
 pub use ids::{DocId, DocKind, IdError, NodeId, TenantId};
+pub use policy::{ComplianceResult, PolicyDocument};
 pub use signed::{ChangeHeader, SignedChange, VerifyError, WireChange};

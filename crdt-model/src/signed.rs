@@ -201,10 +201,12 @@ impl SignedChange {
     /// owns the document. Tenant documents need the membership check on top of this.
     pub fn verify(&self) -> Result<(), VerifyError> {
         let hash_hex = || hex::encode(self.header.hash.0);
-        let signature = self.signature.ok_or_else(|| VerifyError::MissingSignature {
-            doc: self.doc.to_string(),
-            hash: hash_hex(),
-        })?;
+        let signature = self
+            .signature
+            .ok_or_else(|| VerifyError::MissingSignature {
+                doc: self.doc.to_string(),
+                hash: hash_hex(),
+            })?;
 
         if self.doc.kind == DocKind::Node && self.doc.key != self.header.author.0 {
             return Err(VerifyError::NotOwner {

@@ -34,6 +34,25 @@ pub(crate) fn write_map(
     Ok(())
 }
 
+/// Writes the entries of `new` into the map `obj` like [`write_map`], but leaves keys that
+/// `new` does not name alone. A `null` value deletes its key.
+pub(crate) fn write_keys(
+    doc: &mut AutoCommit,
+    obj: &ObjId,
+    new: &Map<String, Json>,
+) -> Result<(), AutomergeError> {
+    for (key, value) in new {
+        if value.is_null() {
+            if doc.get(obj, key.as_str())?.is_some() {
+                doc.delete(obj, key.as_str())?;
+            }
+        } else {
+            write_entry(doc, obj, key, value)?;
+        }
+    }
+    Ok(())
+}
+
 fn write_entry(
     doc: &mut AutoCommit,
     obj: &ObjId,
@@ -213,4 +232,31 @@ pub(crate) fn read_root_key(
     entry
         .map(|(value, id)| read_value(doc, value, &id, heads))
         .transpose()
+}
+
+/// Reads the value at `path` (map keys from the root), at `heads` if given. Returns `None` when
+/// any step is missing or is not a map.
+pub(crate) fn read_path(
+    doc: &AutoCommit,
+    path: &[String],
+    heads: Option<&[ChangeHash]>,
+) -> Result<Option<Json>, AutomergeError> {
+    let mut obj = automerge::ROOT;
+    for (index, key) in path.iter().enumerate() {
+        let entry = match heads {
+            Some(heads) => doc.get_at(&obj, key.as_str(), heads)?,
+            None => doc.get(&obj, key.as_str())?,
+        };
+        let Some((value, id)) = entry else {
+            return Ok(None);
+        };
+        if index + 1 == path.len() {
+            return read_value(doc, value, &id, heads).map(Some);
+        }
+        match value {
+            Value::Object(ObjType::Map) | Value::Object(ObjType::Table) => obj = id,
+            _ => return Ok(None),
+        }
+    }
+    Ok(Some(Json::Object(read_map(doc, &obj, heads)?)))
 }

@@ -72,7 +72,12 @@ fn recorded(seed: u8) -> (SigningKey, NodeDocument, SignedChange) {
     let node = node_of(&key);
     let mut doc = NodeDocument::new(tenant(), node);
     let change = doc
-        .record_signed(&identity(node), &facts_with(&[("openssl", "3.0.11-1")]), 1_700_000_000, &key)
+        .record_signed(
+            &identity(node),
+            &facts_with(&[("openssl", "3.0.11-1")]),
+            1_700_000_000,
+            &key,
+        )
         .unwrap()
         .expect("first collection writes a change");
     (key, doc, change)
@@ -86,7 +91,10 @@ fn record_same_facts_twice_writes_nothing() {
     let facts = facts_from(&many_packages(300));
     assert!(doc.record(&identity(node), &facts, 1).unwrap().is_some());
     assert!(doc.record(&identity(node), &facts, 2).unwrap().is_none());
-    assert!(doc.record(&identity(node), &facts.clone(), 3).unwrap().is_none());
+    assert!(doc
+        .record(&identity(node), &facts.clone(), 3)
+        .unwrap()
+        .is_none());
 }
 
 #[test]
@@ -105,7 +113,11 @@ fn record_package_upgrade_is_small_change() {
         .unwrap()
         .unwrap();
     assert_eq!(upgrade.len(), 1, "one changed field is one operation");
-    assert!(upgrade.bytes().len() < 200, "upgrade change is {} bytes", upgrade.bytes().len());
+    assert!(
+        upgrade.bytes().len() < 200,
+        "upgrade change is {} bytes",
+        upgrade.bytes().len()
+    );
     assert!(first.len() > 700);
 }
 
@@ -164,7 +176,10 @@ fn replica_rebuilt_from_changes_matches() {
     }
     let replica = NodeDocument::from_changes(tenant(), node, &changes).unwrap();
     assert_eq!(replica.facts(None).unwrap(), doc.facts(None).unwrap());
-    assert_eq!(changes.iter().map(SignedChange::seq).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(
+        changes.iter().map(SignedChange::seq).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
 }
 
 #[test]
@@ -199,7 +214,10 @@ fn verify_rejects_wrong_key() {
         .unwrap()
         .unwrap();
     let forged = SignedChange::sign(change.doc().clone(), &mut next, &key(9)).unwrap();
-    assert!(matches!(forged.verify(), Err(VerifyError::BadSignature { .. })));
+    assert!(matches!(
+        forged.verify(),
+        Err(VerifyError::BadSignature { .. })
+    ));
 }
 
 #[test]
@@ -207,17 +225,29 @@ fn verify_rejects_swapped_document_id() {
     let (_, _, change) = recorded(1);
     // Replayed as a change to the tenant's policy document.
     let swapped = change.with_doc(DocId::tenant_doc(DocKind::Policy, tenant()));
-    assert!(matches!(swapped.verify(), Err(VerifyError::BadSignature { .. })));
+    assert!(matches!(
+        swapped.verify(),
+        Err(VerifyError::BadSignature { .. })
+    ));
     // Replayed into the same node's document in another tenant.
-    let other_tenant = change.with_doc(DocId::node(TenantId::new("globex").unwrap(), change.author()));
-    assert!(matches!(other_tenant.verify(), Err(VerifyError::BadSignature { .. })));
+    let other_tenant = change.with_doc(DocId::node(
+        TenantId::new("globex").unwrap(),
+        change.author(),
+    ));
+    assert!(matches!(
+        other_tenant.verify(),
+        Err(VerifyError::BadSignature { .. })
+    ));
 }
 
 #[test]
 fn verify_rejects_missing_signature() {
     let (_, _, change) = recorded(1);
     let unsigned = change.with_signature(None);
-    assert!(matches!(unsigned.verify(), Err(VerifyError::MissingSignature { .. })));
+    assert!(matches!(
+        unsigned.verify(),
+        Err(VerifyError::MissingSignature { .. })
+    ));
 }
 
 #[test]
@@ -226,7 +256,10 @@ fn verify_rejects_write_into_other_nodes_document() {
     let victim = node_of(&key(2));
     // A correctly signed change of node 1, presented as node 2's document.
     let intrusion = change.with_doc(DocId::node(tenant(), victim));
-    assert!(matches!(intrusion.verify(), Err(VerifyError::NotOwner { .. })));
+    assert!(matches!(
+        intrusion.verify(),
+        Err(VerifyError::NotOwner { .. })
+    ));
 }
 
 #[test]
