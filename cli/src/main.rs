@@ -43,6 +43,14 @@ enum Command {
     Fleet(commands::fleet::FleetArgs),
     /// Enroll this node into a fleet with a join token.
     Join(commands::join::JoinArgs),
+    /// Write, list, remove or try out policies of compliance checks.
+    Policy(commands::policy::PolicyArgs),
+    /// Record a node's configuration as a standard and assign it to nodes.
+    Baseline(commands::policy::BaselineArgs),
+    /// List how nodes deviate from their assigned baselines; exit 1 when any does.
+    Drift(commands::policy::DriftArgs),
+    /// Print the fleet's policy results; exit 1 when a check fails.
+    Compliance(commands::policy::ComplianceArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +65,10 @@ fn main() -> ExitCode {
         Command::Collect(args) => commands::collect::run(args),
         Command::Fleet(args) => commands::fleet::run(&data_dir, args),
         Command::Join(args) => commands::join::run(&data_dir, args),
+        Command::Policy(args) => commands::policy::policy(&data_dir, args),
+        Command::Baseline(args) => commands::policy::baseline(&data_dir, args),
+        Command::Drift(args) => commands::policy::drift(&data_dir, args),
+        Command::Compliance(args) => commands::policy::compliance(&data_dir, args),
     };
     match result {
         Ok(code) => code,

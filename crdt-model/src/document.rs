@@ -222,6 +222,13 @@ impl NodeDocument {
         time: i64,
         key: &SigningKey,
     ) -> Result<Option<SignedChange>, DocumentError> {
+        let existing = self
+            .doc
+            .get(automerge::ROOT, COMPLIANCE_SECTION)
+            .map_err(|source| self.automerge_error(source))?;
+        if results.is_empty() && existing.is_none() {
+            return Ok(None);
+        }
         let mut root = serde_json::Map::new();
         let value = to_json(&self.id, COMPLIANCE_SECTION, results)?;
         root.insert(COMPLIANCE_SECTION.to_string(), value);
@@ -304,6 +311,17 @@ impl NodeDocument {
             });
         }
         Ok(out)
+    }
+
+    /// Returns the commit time of the owner's last change, if any.
+    pub fn last_change_time(&mut self) -> Option<i64> {
+        let owner = ActorId::from(self.id.key.to_vec());
+        self.doc
+            .get_changes(&[])
+            .into_iter()
+            .filter(|change| change.actor_id() == &owner)
+            .max_by_key(|change| change.seq())
+            .map(|change| change.timestamp())
     }
 
     /// Returns the heads of the owner's state as it was at `time` (seconds since the Unix

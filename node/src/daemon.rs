@@ -12,7 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::SigningKey;
 use fleetmesh_model::membership::{CertificateChain, FleetId, Scope};
-use fleetmesh_model::{DocId, Identity, NodeId, TenantId};
+use fleetmesh_model::policy::CheckStatus;
+use fleetmesh_model::{ComplianceResult, DocId, DocKind, Identity, NodeId, TenantId};
 use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::DialOpts;
@@ -30,6 +31,7 @@ use crate::net::{
     self, read_frame, write_frame, Behaviour, BehaviourEvent, Frame, Hello, FRAME_LEN_MAX,
     PROTOCOL_VERSION, SYNC_PROTOCOL,
 };
+use crate::policy;
 use crate::store::{Store, StoreError};
 use crate::sync::{self, Action, Engine, LocalInfo, Message, PeerInfo};
 
@@ -204,7 +206,11 @@ impl Node {
         let credentials = match Credentials::load(&store)? {
             Some(credentials) => {
                 let scope = &credentials.chain.certificate().scope;
-                check_scope_option("tenant", scope.tenant.as_str(), config.tenant.as_ref().map(TenantId::as_str))?;
+                check_scope_option(
+                    "tenant",
+                    scope.tenant.as_str(),
+                    config.tenant.as_ref().map(TenantId::as_str),
+                )?;
                 check_scope_option("site", &scope.site, config.site.as_deref())?;
                 credentials
             }
@@ -284,7 +290,9 @@ impl Node {
                 match line.trim().parse::<Multiaddr>() {
                     Ok(address) if !config.peers.contains(&address) => config.peers.push(address),
                     Ok(_) => {}
-                    Err(err) => warn!(address = %line, error = %err, "ignored a stored join peer address"),
+                    Err(err) => {
+                        warn!(address = %line, error = %err, "ignored a stored join peer address")
+                    }
                 }
             }
         }
@@ -292,9 +300,13 @@ impl Node {
         // Membership: this node's own chain, the chains it has seen, and the revocations.
         let scope = credentials.chain.certificate().scope.clone();
         match credentials.verify(&node_id, unix_now()) {
-            Ok(member) => info!(tenant = %member.tenant, site = %member.site, role = %member.role.as_str(),
-                                expires = member.expires, "certificate valid"),
-            Err(err) => warn!(error = %err, "this node's certificate is not valid, so peers will refuse it"),
+            Ok(member) => {
+                info!(tenant = %member.tenant, site = %member.site, role = %member.role.as_str(),
+                                expires = member.expires, "certificate valid")
+            }
+            Err(err) => {
+                warn!(error = %err, "this node's certificate is not valid, so peers will refuse it")
+            }
         }
         let mut verifier = MemberVerifier::new(fleet);
         verifier.set_revocations(membership::stored_revocations(&store, &fleet)?);
@@ -383,11 +395,16 @@ impl Node {
             next_writer_id: 0,
             hellos: HashMap::new(),
             warned: HashMap::new(),
+            evaluating: false,
+            evaluation_pending: false,
+            evaluated_tx: None,
         };
         info!(node = %node_id, fleet = %state.fleet, tenant = %scope.tenant, site = %scope.site,
               root = %config.root.display(), "node starting");
 
         let (collected_tx, mut collected) = mpsc::channel(1);
+        let (evaluated_tx, mut evaluated) = mpsc::channel(1);
+        state.evaluated_tx = Some(evaluated_tx);
         let mut collect_timer = tokio::time::interval(config.interval);
         collect_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut maintain_timer = tokio::time::interval(Duration::from_millis(500));
@@ -416,6 +433,10 @@ impl Node {
                 Some(facts) = collected.recv() => {
                     state.collecting = false;
                     state.record(&mut engine, facts);
+                    state.request_evaluation(&mut engine);
+                }
+                Some(results) = evaluated.recv() => {
+                    state.record_compliance(&mut engine, results);
                 }
                 _ = maintain_timer.tick() => {
                     state.redial(&mut swarm);
@@ -458,6 +479,12 @@ struct LoopState {
     hellos: HashMap<PeerId, (u64, PeerInfo)>,
     /// When each peer was last warned about, for rate-limiting warnings.
     warned: HashMap<PeerId, Instant>,
+    /// Whether a policy evaluation runs now.
+    evaluating: bool,
+    /// Whether the policies or facts changed while an evaluation ran.
+    evaluation_pending: bool,
+    /// Where finished policy evaluations are sent.
+    evaluated_tx: Option<mpsc::Sender<BTreeMap<String, ComplianceResult>>>,
 }
 
 type NodeEngine = Engine<Store, MemberVerifier>;
@@ -673,7 +700,11 @@ impl LoopState {
                             self.note_heard(engine, peer);
                         }
                         Err(err) => {
-                            self.reject(swarm, peer, &format!("sent an invalid sync message: {err}"));
+                            self.reject(
+                                swarm,
+                                peer,
+                                &format!("sent an invalid sync message: {err}"),
+                            );
                         }
                     },
                     Frame::Chains(chains) => self.on_chains(swarm, engine, peer, chains),
@@ -682,7 +713,10 @@ impl LoopState {
             StreamEvent::Violation(peer, reason) => self.reject(swarm, peer, &reason),
             StreamEvent::ReaderClosed(peer, reader_id, reason) => {
                 debug!(peer = %peer, reason = %reason, "inbound sync stream closed");
-                let current = self.hellos.get(&peer).is_some_and(|(id, _)| *id == reader_id);
+                let current = self
+                    .hellos
+                    .get(&peer)
+                    .is_some_and(|(id, _)| *id == reader_id);
                 if !current {
                     return;
                 }
@@ -698,7 +732,10 @@ impl LoopState {
                 }
             }
             StreamEvent::WriterClosed(peer, writer_id, reason) => {
-                let current = self.links.get(&peer).is_some_and(|link| link.writer_id == writer_id);
+                let current = self
+                    .links
+                    .get(&peer)
+                    .is_some_and(|link| link.writer_id == writer_id);
                 if !current {
                     return;
                 }
@@ -745,14 +782,22 @@ impl LoopState {
         let chain = match CertificateChain::decode(&hello.credentials) {
             Ok(chain) => chain,
             Err(err) => {
-                self.reject(swarm, peer, &format!("presented an invalid certificate chain: {err}"));
+                self.reject(
+                    swarm,
+                    peer,
+                    &format!("presented an invalid certificate chain: {err}"),
+                );
                 return;
             }
         };
         let member = match engine.verifier_mut().admit_peer(&chain, &node, unix_now()) {
             Ok(member) => member,
             Err(err) => {
-                self.reject(swarm, peer, &format!("presented a certificate chain that is refused: {err}"));
+                self.reject(
+                    swarm,
+                    peer,
+                    &format!("presented a certificate chain that is refused: {err}"),
+                );
                 return;
             }
         };
@@ -876,14 +921,19 @@ impl LoopState {
             }
         };
         let mut membership_changed = false;
+        let mut policy_changed = false;
         for change in changes {
             info!(doc = %change.doc(), seq = change.seq(), "passing on a change written by a fleet command");
             membership_changed |= membership::is_membership(change.doc());
+            policy_changed |= self.is_own_policy(change.doc());
             let now = self.now();
             engine.handle_local_change(change, now);
         }
         if membership_changed {
             self.refresh_revocations(swarm, engine);
+        }
+        if policy_changed {
+            self.request_evaluation(engine);
         }
     }
 
@@ -905,6 +955,7 @@ impl LoopState {
 
     fn drain_actions(&mut self, swarm: &mut Swarm<Behaviour>, engine: &mut NodeEngine) {
         let mut membership_changed = false;
+        let mut policy_changed = false;
         while let Some(action) = engine.poll_action() {
             match action {
                 Action::Send { peer, message } => {
@@ -934,11 +985,96 @@ impl LoopState {
                 Action::Applied { change, from } => {
                     debug!(doc = %change.doc(), seq = change.seq(), from = %from, "applied change");
                     membership_changed |= membership::is_membership(change.doc());
+                    policy_changed |= self.is_own_policy(change.doc());
                 }
             }
         }
         if membership_changed {
             self.refresh_revocations(swarm, engine);
+        }
+        if policy_changed {
+            self.request_evaluation(engine);
+        }
+    }
+
+    /// Reports whether `doc` is the policy document of this node's tenant.
+    fn is_own_policy(&self, doc: &DocId) -> bool {
+        doc.kind == DocKind::Policy && doc.tenant == self.tenant
+    }
+
+    /// Evaluates the tenant's policies against this node's facts on a blocking thread. A request
+    /// while an evaluation runs is remembered and served when it ends.
+    fn request_evaluation(&mut self, engine: &mut NodeEngine) {
+        if self.evaluating {
+            self.evaluation_pending = true;
+            return;
+        }
+        let Some(done) = self.evaluated_tx.clone() else {
+            return;
+        };
+        let policy_doc = DocId::tenant_doc(DocKind::Policy, self.tenant.clone());
+        let policies = engine
+            .store()
+            .document_changes(&policy_doc)
+            .map_err(|err| err.to_string())
+            .and_then(|changes| {
+                policy::tenant_policies(&self.tenant, &changes).map_err(|err| err.to_string())
+            });
+        let policies = match policies {
+            Ok(policies) => policies,
+            Err(err) => {
+                error!(error = %err, "reading the tenant's policies failed");
+                return;
+            }
+        };
+        self.evaluating = true;
+        self.evaluation_pending = false;
+        let db_path = engine.store().path().to_path_buf();
+        let node = self.node_id.to_string();
+        tokio::task::spawn_blocking(move || {
+            let results = match policy::node_fact_tables(&db_path, &node) {
+                Ok(conn) => policy::evaluate(&conn, &policies),
+                Err(err) => {
+                    error!(error = %err, "reading this node's facts for policy checks failed");
+                    return;
+                }
+            };
+            let _ = done.blocking_send(results);
+        });
+    }
+
+    /// Records finished policy results in this node's document and passes the change on.
+    fn record_compliance(
+        &mut self,
+        engine: &mut NodeEngine,
+        results: BTreeMap<String, ComplianceResult>,
+    ) {
+        self.evaluating = false;
+        let failing = results
+            .values()
+            .filter(|result| result.status != CheckStatus::Pass)
+            .count();
+        match engine.store_mut().record_local_compliance(
+            &self.doc_id,
+            &results,
+            unix_now(),
+            &self.key,
+        ) {
+            Ok(Some(change)) => {
+                info!(
+                    checks = results.len(),
+                    failing,
+                    seq = change.seq(),
+                    "recorded new policy results"
+                );
+                let now = self.now();
+                engine.handle_local_change(change, now);
+            }
+            Ok(None) => debug!(checks = results.len(), failing, "policy results unchanged"),
+            Err(err) => error!(error = %err, "recording policy results failed"),
+        }
+        if self.evaluation_pending {
+            self.request_evaluation(engine);
         }
     }
 
@@ -1067,7 +1203,11 @@ async fn read_stream(
         },
         Ok(Ok(None)) => {
             let _ = events
-                .send(StreamEvent::ReaderClosed(peer, reader_id, "closed before hello".into()))
+                .send(StreamEvent::ReaderClosed(
+                    peer,
+                    reader_id,
+                    "closed before hello".into(),
+                ))
                 .await;
             return;
         }
@@ -1112,7 +1252,11 @@ async fn read_stream(
             }
             Ok(None) => {
                 let _ = events
-                    .send(StreamEvent::ReaderClosed(peer, reader_id, "end of stream".into()))
+                    .send(StreamEvent::ReaderClosed(
+                        peer,
+                        reader_id,
+                        "end of stream".into(),
+                    ))
                     .await;
                 return;
             }
@@ -1318,7 +1462,9 @@ mod tests {
         for _ in 0..(INBOUND_FRAMES_BURST as usize) {
             assert_eq!(limiter.charge(10, start), None);
         }
-        let wait = limiter.charge(10, start).expect("the frame bucket is empty");
+        let wait = limiter
+            .charge(10, start)
+            .expect("the frame bucket is empty");
         assert!(wait <= Duration::from_millis(1), "{wait:?}");
         // One second later the buckets hold a second's worth again.
         let later = start + Duration::from_secs(1);
@@ -1327,7 +1473,10 @@ mod tests {
         let mut limiter = InboundLimiter::new();
         let start = limiter.at;
         let wait = limiter
-            .charge((INBOUND_BYTES_BURST + INBOUND_BYTES_PER_SEC) as usize, start)
+            .charge(
+                (INBOUND_BYTES_BURST + INBOUND_BYTES_PER_SEC) as usize,
+                start,
+            )
             .expect("the byte bucket is overdrawn by one second");
         assert!((wait.as_secs_f64() - 1.0).abs() < 0.01, "{wait:?}");
     }

@@ -80,9 +80,7 @@ pub fn load_local_root(data_dir: &Path) -> Result<Option<SigningKey>, KeyFileErr
 fn load_or_create_with(path: &Path, header: &str) -> Result<(SigningKey, bool), KeyFileError> {
     match fs::metadata(path) {
         Ok(_) => Ok((load_with(path, header)?, false)),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            Ok((create(path, header)?, true))
-        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok((create(path, header)?, true)),
         Err(source) => Err(KeyFileError::Io {
             path: path.to_path_buf(),
             source,

@@ -4,6 +4,7 @@
 //! - [`store`]: the SQLite store of changes, documents and materialized fact tables;
 //! - [`collect`]: collectors that read a machine's configuration under a root directory;
 //! - [`net`]: the libp2p transport and the tokio task that drives the engine;
+//! - [`policy`]: policy files and their evaluation against one node's facts;
 //! - [`daemon`]: the running node (`fleetmesh up`).
 
 pub mod collect;
@@ -12,6 +13,7 @@ pub mod fleetkey;
 pub mod keyfile;
 pub mod membership;
 pub mod net;
+pub mod policy;
 pub mod query;
 pub mod store;
 pub mod sync;

@@ -160,7 +160,11 @@ pub fn create_local_fleet(
 }
 
 /// Creates a join token of a local fleet, valid for [`LOCAL_TOKEN_SECS`].
-pub fn local_token(root: &SigningKey, scope: Scope, now: i64) -> Result<JoinToken, MembershipError> {
+pub fn local_token(
+    root: &SigningKey,
+    scope: Scope,
+    now: i64,
+) -> Result<JoinToken, MembershipError> {
     let validity = TokenValidity {
         not_before: now,
         expires: now.saturating_add(LOCAL_TOKEN_SECS),
@@ -333,17 +337,15 @@ impl Verify for MemberVerifier {
         }
         change.verify()?;
         match self.authors.get(&change.author()) {
-            Some(Author::Valid(member, _)) => {
-                authorize_change(change, member).map_err(|err| {
-                    let (doc, author, seq) = describe(change);
-                    VerifyError::NotAuthorized {
-                        doc,
-                        author,
-                        seq,
-                        reason: err.to_string(),
-                    }
-                })
-            }
+            Some(Author::Valid(member, _)) => authorize_change(change, member).map_err(|err| {
+                let (doc, author, seq) = describe(change);
+                VerifyError::NotAuthorized {
+                    doc,
+                    author,
+                    seq,
+                    reason: err.to_string(),
+                }
+            }),
             Some(Author::Revoked(_)) => {
                 let (doc, author, seq) = describe(change);
                 Err(VerifyError::Refused {
@@ -429,7 +431,9 @@ mod tests {
         let fleet = Fleet::new();
         let (key, _) = fleet.enroll("acme", Role::Node, NOW);
         let mut verifier = MemberVerifier::new(fleet.id());
-        let err = verifier.verify(&node_change(&key, "acme", "a")).unwrap_err();
+        let err = verifier
+            .verify(&node_change(&key, "acme", "a"))
+            .unwrap_err();
         assert!(matches!(err, VerifyError::NotAuthorized { .. }), "{err}");
         assert!(err.is_peer_fault());
     }
@@ -494,7 +498,9 @@ mod tests {
         let newly = verifier.set_revocations(set);
         assert_eq!(newly, BTreeSet::from([chain.node()]));
 
-        let err = verifier.verify(&node_change(&key, "acme", "a")).unwrap_err();
+        let err = verifier
+            .verify(&node_change(&key, "acme", "a"))
+            .unwrap_err();
         assert!(matches!(err, VerifyError::Refused { .. }), "{err}");
         assert!(!err.is_peer_fault());
         assert_eq!(verifier.learn(&chain).unwrap(), Learned::Known);
@@ -506,7 +512,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let fleet = Fleet::new();
-        let scope = Scope::new(TenantId::new("acme").unwrap(), "leeds", Role::Node, vec![]).unwrap();
+        let scope =
+            Scope::new(TenantId::new("acme").unwrap(), "leeds", Role::Node, vec![]).unwrap();
         let token = local_token(&fleet.root, scope, NOW).unwrap();
         let key = SigningKey::generate(&mut OsRng);
         let (credentials, member) = enroll(&store, &key, &token, NOW).unwrap();
@@ -515,6 +522,9 @@ mod tests {
         assert_eq!(loaded.chain, credentials.chain);
         assert_eq!(store.members().unwrap().len(), 1);
         let again = enroll(&store, &key, &token, NOW).unwrap_err();
-        assert!(matches!(again, SetupError::AlreadyEnrolled { .. }), "{again}");
+        assert!(
+            matches!(again, SetupError::AlreadyEnrolled { .. }),
+            "{again}"
+        );
     }
 }

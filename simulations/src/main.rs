@@ -13,7 +13,10 @@ use fleetmesh_sim::sim::{self, RunOptions};
 use fleetmesh_sim::templates::Templates;
 
 #[derive(Parser)]
-#[command(name = "fleetmesh-sim", about = "Deterministic fleet simulator for the fleetmesh sync engine")]
+#[command(
+    name = "fleetmesh-sim",
+    about = "Deterministic fleet simulator for the fleetmesh sync engine"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -75,7 +78,9 @@ impl Common {
         bail!(
             "scenario {:?} not found: pass a TOML file or one of the names in {}",
             self.scenario,
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios").display()
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("scenarios")
+                .display()
         )
     }
 
@@ -86,7 +91,11 @@ impl Common {
             .fixture_root
             .clone()
             .unwrap_or_else(fleetmesh_sim::default_fixture_root);
-        let templates = Templates::build(&root, scenario.documents.templates, scenario.documents.chain_length)?;
+        let templates = Templates::build(
+            &root,
+            scenario.documents.templates,
+            scenario.documents.chain_length,
+        )?;
         Ok((scenario, templates))
     }
 
@@ -119,7 +128,8 @@ fn engine_settings(scenario: &Scenario) -> Vec<String> {
 }
 
 fn parse_seeds(text: &str) -> Result<Vec<u64>> {
-    let invalid = || format!("invalid --seeds {text:?}: expected FIRST..END or FIRST..=LAST, e.g. 1..201");
+    let invalid =
+        || format!("invalid --seeds {text:?}: expected FIRST..END or FIRST..=LAST, e.g. 1..201");
     let (first, rest, inclusive) = if let Some((first, last)) = text.split_once("..=") {
         (first, last, true)
     } else if let Some((first, end)) = text.split_once("..") {
@@ -129,7 +139,11 @@ fn parse_seeds(text: &str) -> Result<Vec<u64>> {
     };
     let first: u64 = first.trim().parse().with_context(invalid)?;
     let last: u64 = rest.trim().parse().with_context(invalid)?;
-    let end = if inclusive { last.saturating_add(1) } else { last };
+    let end = if inclusive {
+        last.saturating_add(1)
+    } else {
+        last
+    };
     if end <= first {
         bail!("--seeds {text:?} is empty");
     }
@@ -265,13 +279,25 @@ fn sweep(common: &Common, seeds: &str, jobs: Option<usize>) -> Result<bool> {
         }
     });
 
-    let mut rows = rows.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let errors = errors.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut rows = rows
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let errors = errors
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     rows.sort_by_key(|row| row.seed);
     let wall_s = started.elapsed().as_secs_f64();
     let failed: Vec<&SweepRow> = rows.iter().filter(|row| !row.passed).collect();
-    let mut hops: Vec<f64> = rows.iter().map(|row| row.hops99).filter(|v| v.is_finite()).collect();
-    let mut times: Vec<f64> = rows.iter().map(|row| row.time100_ms).filter(|v| v.is_finite()).collect();
+    let mut hops: Vec<f64> = rows
+        .iter()
+        .map(|row| row.hops99)
+        .filter(|v| v.is_finite())
+        .collect();
+    let mut times: Vec<f64> = rows
+        .iter()
+        .map(|row| row.time100_ms)
+        .filter(|v| v.is_finite())
+        .collect();
     let mut duplicates: Vec<f64> = rows.iter().map(|row| row.duplicate_share).collect();
     let mut convergence: Vec<f64> = rows.iter().filter_map(|row| row.convergence_s).collect();
     let summary = format!(
@@ -287,11 +313,17 @@ fn sweep(common: &Common, seeds: &str, jobs: Option<usize>) -> Result<bool> {
     );
     println!("{summary}");
 
-    std::fs::create_dir_all(&common.out)
-        .with_context(|| format!("failed to create the output directory {}", common.out.display()))?;
-    let path = common
-        .out
-        .join(format!("sweep-{}-n{nodes}-{}seeds.json", scenario.name, seeds.len()));
+    std::fs::create_dir_all(&common.out).with_context(|| {
+        format!(
+            "failed to create the output directory {}",
+            common.out.display()
+        )
+    })?;
+    let path = common.out.join(format!(
+        "sweep-{}-n{nodes}-{}seeds.json",
+        scenario.name,
+        seeds.len()
+    ));
     let json = serde_json::json!({
         "scenario": scenario.name,
         "nodes": nodes,
@@ -349,7 +381,11 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Run { common, seed } => run_one(common, *seed),
-        Command::Sweep { common, seeds, jobs } => sweep(common, seeds, *jobs),
+        Command::Sweep {
+            common,
+            seeds,
+            jobs,
+        } => sweep(common, seeds, *jobs),
     };
     match result {
         Ok(true) => std::process::ExitCode::SUCCESS,

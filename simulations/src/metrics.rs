@@ -254,7 +254,14 @@ impl Metrics {
         );
     }
 
-    pub(crate) fn arrived(&mut self, chain: ChainIx, seq: u64, node: u32, from: Option<u32>, at: u64) {
+    pub(crate) fn arrived(
+        &mut self,
+        chain: ChainIx,
+        seq: u64,
+        node: u32,
+        from: Option<u32>,
+        at: u64,
+    ) {
         let Some(tracked) = self.tracked.get_mut(&(chain, seq)) else {
             return;
         };
@@ -301,7 +308,8 @@ impl Metrics {
         self.totals.changes_duplicate += stats.changes_duplicate;
         self.totals.change_bytes_duplicate += stats.change_bytes_duplicate;
         let received = stats.bytes_received.total();
-        self.per_node.push((received, change_path(&stats.bytes_received)));
+        self.per_node
+            .push((received, change_path(&stats.bytes_received)));
     }
 
     /// Computes the derived figures once the run has ended.
@@ -322,8 +330,14 @@ impl Metrics {
             let Some(members) = live_per_tenant.get(&tracked.tenant) else {
                 continue;
             };
-            let mut delays: Vec<u64> = members.iter().map(|node| tracked.delay_us[*node as usize]).collect();
-            let mut hop_list: Vec<u8> = members.iter().map(|node| tracked.hops[*node as usize]).collect();
+            let mut delays: Vec<u64> = members
+                .iter()
+                .map(|node| tracked.delay_us[*node as usize])
+                .collect();
+            let mut hop_list: Vec<u8> = members
+                .iter()
+                .map(|node| tracked.hops[*node as usize])
+                .collect();
             delays.sort_unstable();
             hop_list.sort_unstable();
             if delays.last().is_some_and(|delay| *delay == u64::MAX) {
@@ -334,14 +348,23 @@ impl Metrics {
                     histogram[usize::from(*hop).min(63)] += 1;
                 }
             }
-            let quantile = |q: f64| ((q * members.len() as f64).ceil() as usize).clamp(1, members.len()) - 1;
+            let quantile =
+                |q: f64| ((q * members.len() as f64).ceil() as usize).clamp(1, members.len()) - 1;
             let mut time_row = [0.0; 4];
             let mut hop_row = [0.0; 4];
             for (slot, q) in [0.5, 0.9, 0.99, 1.0].into_iter().enumerate() {
                 let delay = delays[quantile(q)];
-                time_row[slot] = if delay == u64::MAX { f64::INFINITY } else { delay as f64 / 1e3 };
+                time_row[slot] = if delay == u64::MAX {
+                    f64::INFINITY
+                } else {
+                    delay as f64 / 1e3
+                };
                 let hop = hop_list[quantile(q)];
-                hop_row[slot] = if hop == NO_HOP { f64::INFINITY } else { f64::from(hop) };
+                hop_row[slot] = if hop == NO_HOP {
+                    f64::INFINITY
+                } else {
+                    f64::from(hop)
+                };
             }
             times.push(time_row);
             hops.push(hop_row);
@@ -419,7 +442,12 @@ fn subtract_stats(after: &Stats, before: &Stats) -> Stats {
 }
 
 fn change_path(counters: &KindCounters) -> u64 {
-    counters.changes + counters.repair + counters.ihave + counters.graft + counters.request + counters.prune
+    counters.changes
+        + counters.repair
+        + counters.ihave
+        + counters.graft
+        + counters.request
+        + counters.prune
 }
 
 fn add_counters(total: &mut KindCounters, more: &KindCounters) {

@@ -22,7 +22,10 @@ pub struct RunInfo {
 pub fn write(dir: &Path, metrics: &Metrics, info: &RunInfo) -> Result<PathBuf> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("failed to create the output directory {}", dir.display()))?;
-    let stem = format!("{}-n{}-seed{}", metrics.scenario, metrics.nodes, metrics.seed);
+    let stem = format!(
+        "{}-n{}-seed{}",
+        metrics.scenario, metrics.nodes, metrics.seed
+    );
 
     let json_path = dir.join(format!("{stem}.json"));
     let json = serde_json::json!({
@@ -41,7 +44,8 @@ pub fn write(dir: &Path, metrics: &Metrics, info: &RunInfo) -> Result<PathBuf> {
 
     let markdown = markdown(metrics, info, &convergence, &bytes);
     let md_path = dir.join(format!("{stem}.md"));
-    std::fs::write(&md_path, markdown).with_context(|| format!("failed to write {}", md_path.display()))?;
+    std::fs::write(&md_path, markdown)
+        .with_context(|| format!("failed to write {}", md_path.display()))?;
     Ok(md_path)
 }
 
@@ -62,10 +66,19 @@ fn format_hops(value: f64) -> String {
 }
 
 /// Returns the Markdown report.
-pub fn markdown(metrics: &Metrics, info: &RunInfo, convergence_svg: &str, bytes_svg: &str) -> String {
+pub fn markdown(
+    metrics: &Metrics,
+    info: &RunInfo,
+    convergence_svg: &str,
+    bytes_svg: &str,
+) -> String {
     let mut out = String::new();
     let verdict = if metrics.passed() { "PASSED" } else { "FAILED" };
-    let _ = writeln!(out, "# {} (seed {}): {verdict}\n", metrics.scenario, metrics.seed);
+    let _ = writeln!(
+        out,
+        "# {} (seed {}): {verdict}\n",
+        metrics.scenario, metrics.seed
+    );
     let _ = writeln!(out, "Command: `{}`  ", info.command);
     let _ = writeln!(out, "Wall time: {:.1} s  ", info.wall_s);
     let _ = writeln!(
@@ -90,11 +103,19 @@ pub fn markdown(metrics: &Metrics, info: &RunInfo, convergence_svg: &str, bytes_
         for violation in &metrics.violations {
             let _ = writeln!(out, "- {violation}");
         }
-        let _ = writeln!(out, "\nSEED={}; reproduce with `{}`\n", metrics.seed, info.command);
+        let _ = writeln!(
+            out,
+            "\nSEED={}; reproduce with `{}`\n",
+            metrics.seed, info.command
+        );
     }
     match metrics.convergence_s {
         Some(seconds) => {
-            let _ = writeln!(out, "Converged {seconds:.1} s after the faults stopped (safety phase {:.0} s).\n", metrics.safety_end_s);
+            let _ = writeln!(
+                out,
+                "Converged {seconds:.1} s after the faults stopped (safety phase {:.0} s).\n",
+                metrics.safety_end_s
+            );
         }
         None => {
             let _ = writeln!(out, "Did not converge within the bound.\n");
@@ -103,8 +124,15 @@ pub fn markdown(metrics: &Metrics, info: &RunInfo, convergence_svg: &str, bytes_
 
     let spread = &metrics.spread;
     let floor_hops = (metrics.nodes_total as f64).log2().ceil();
-    let _ = writeln!(out, "## Spread of {} changes written during the run\n", spread.changes);
-    let _ = writeln!(out, "| reached | time (ms), median | time (ms), max | hops, median | hops, max |");
+    let _ = writeln!(
+        out,
+        "## Spread of {} changes written during the run\n",
+        spread.changes
+    );
+    let _ = writeln!(
+        out,
+        "| reached | time (ms), median | time (ms), max | hops, median | hops, max |"
+    );
     let _ = writeln!(out, "| --- | --- | --- | --- | --- |");
     for (slot, label) in ["50 %", "90 %", "99 %", "100 %"].iter().enumerate() {
         let _ = writeln!(
@@ -126,11 +154,31 @@ pub fn markdown(metrics: &Metrics, info: &RunInfo, convergence_svg: &str, bytes_
     let _ = writeln!(out, "## Bytes\n");
     let _ = writeln!(out, "| figure | value |");
     let _ = writeln!(out, "| --- | --- |");
-    let _ = writeln!(out, "| change-path bytes per delivered change | {:.1} |", bytes.per_delivery);
-    let _ = writeln!(out, "| floor (change alone in one message) | {:.1} |", bytes.per_delivery_floor);
-    let _ = writeln!(out, "| duplicate share of change bytes | {:.1} % |", bytes.duplicate_share * 100.0);
-    let _ = writeln!(out, "| first deliveries / duplicates | {} / {} |", bytes.changes_new, bytes.changes_duplicate);
-    let _ = writeln!(out, "| reconciliation bytes per node per hour | {:.0} |", bytes.recon_per_node_hour);
+    let _ = writeln!(
+        out,
+        "| change-path bytes per delivered change | {:.1} |",
+        bytes.per_delivery
+    );
+    let _ = writeln!(
+        out,
+        "| floor (change alone in one message) | {:.1} |",
+        bytes.per_delivery_floor
+    );
+    let _ = writeln!(
+        out,
+        "| duplicate share of change bytes | {:.1} % |",
+        bytes.duplicate_share * 100.0
+    );
+    let _ = writeln!(
+        out,
+        "| first deliveries / duplicates | {} / {} |",
+        bytes.changes_new, bytes.changes_duplicate
+    );
+    let _ = writeln!(
+        out,
+        "| reconciliation bytes per node per hour | {:.0} |",
+        bytes.recon_per_node_hour
+    );
     for (kind, value) in &bytes.received_by_kind {
         let _ = writeln!(out, "| received: {kind} | {value} |");
     }
@@ -152,16 +200,26 @@ pub fn markdown(metrics: &Metrics, info: &RunInfo, convergence_svg: &str, bytes_
     for reason in &metrics.disconnect_reasons {
         let _ = writeln!(out, "- disconnect: {reason}");
     }
-    let _ = writeln!(out, "\n![converged]({convergence_svg})\n\n![bytes]({bytes_svg})");
+    let _ = writeln!(
+        out,
+        "\n![converged]({convergence_svg})\n\n![bytes]({bytes_svg})"
+    );
     out
 }
 
 fn plot_convergence(path: &Path, metrics: &Metrics) -> Result<()> {
     let root = SVGBackend::new(path, (720, 360)).into_drawing_area();
     root.fill(&WHITE)?;
-    let end = metrics.samples.last().map_or(1.0, |sample| sample.t_s).max(1.0);
+    let end = metrics
+        .samples
+        .last()
+        .map_or(1.0, |sample| sample.t_s)
+        .max(1.0);
     let mut chart = ChartBuilder::on(&root)
-        .caption(format!("{}: fraction of live nodes converged", metrics.scenario), ("sans-serif", 16))
+        .caption(
+            format!("{}: fraction of live nodes converged", metrics.scenario),
+            ("sans-serif", 16),
+        )
         .margin(10)
         .x_label_area_size(35)
         .y_label_area_size(45)
@@ -174,7 +232,12 @@ fn plot_convergence(path: &Path, metrics: &Metrics) -> Result<()> {
     let points: Vec<(f64, f64)> = metrics
         .samples
         .iter()
-        .map(|sample| (sample.t_s, sample.converged as f64 / sample.live.max(1) as f64))
+        .map(|sample| {
+            (
+                sample.t_s,
+                sample.converged as f64 / sample.live.max(1) as f64,
+            )
+        })
         .collect();
     chart
         .draw_series(LineSeries::new(points, &BLUE))?
@@ -197,7 +260,10 @@ fn plot_bytes(path: &Path, metrics: &Metrics) -> Result<()> {
     let count = bytes.per_node_received.len().max(1);
     let top = bytes.per_node_received.last().copied().unwrap_or(1).max(1) as f64 * 1.1;
     let mut chart = ChartBuilder::on(&root)
-        .caption(format!("{}: bytes received per node", metrics.scenario), ("sans-serif", 16))
+        .caption(
+            format!("{}: bytes received per node", metrics.scenario),
+            ("sans-serif", 16),
+        )
         .margin(10)
         .x_label_area_size(35)
         .y_label_area_size(70)

@@ -391,7 +391,10 @@ impl Scenario {
         }
         let faults = &self.faults;
         if !(faults.duration_s.is_finite() && faults.duration_s > 0.0) {
-            bail!("[faults] duration_s must be positive, got {}", faults.duration_s);
+            bail!(
+                "[faults] duration_s must be positive, got {}",
+                faults.duration_s
+            );
         }
         if !(0.0..faults.duration_s).contains(&workload.measure_from_s) {
             bail!(
@@ -414,14 +417,20 @@ impl Scenario {
         }
         faults.loss.check("[faults] loss", 0.0, 0.5)?;
         faults.duplicate.check("[faults] duplicate", 0.0, 0.5)?;
-        faults.reorder_jitter_ms.check("[faults] reorder_jitter_ms", 0.0, 60_000.0)?;
+        faults
+            .reorder_jitter_ms
+            .check("[faults] reorder_jitter_ms", 0.0, 60_000.0)?;
         faults
             .crashes_per_node_hour
             .check("[faults] crashes_per_node_hour", 0.0, 60.0)?;
-        faults.clock_skew_ms.check("[faults] clock_skew_ms", 0.0, 86_400_000.0)?;
         faults
-            .site_outages_per_site_hour
-            .check("[faults] site_outages_per_site_hour", 0.0, 60.0)?;
+            .clock_skew_ms
+            .check("[faults] clock_skew_ms", 0.0, 86_400_000.0)?;
+        faults.site_outages_per_site_hour.check(
+            "[faults] site_outages_per_site_hour",
+            0.0,
+            60.0,
+        )?;
         for (name, [low, high]) in [
             ("crash_down_s", faults.crash_down_s),
             ("site_outage_s", faults.site_outage_s),
@@ -461,10 +470,14 @@ impl Scenario {
 /// a string when it does not parse.
 fn apply_override(root: &mut toml::Value, item: &str) -> Result<()> {
     let (path, raw) = item.split_once('=').ok_or_else(|| {
-        anyhow!("invalid --set {item:?}: expected section.key=value, e.g. engine.wan_peer_weight=0.5")
+        anyhow!(
+            "invalid --set {item:?}: expected section.key=value, e.g. engine.wan_peer_weight=0.5"
+        )
     })?;
     let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
-        Ok(mut table) => table.remove("v").unwrap_or(toml::Value::String(raw.to_string())),
+        Ok(mut table) => table
+            .remove("v")
+            .unwrap_or(toml::Value::String(raw.to_string())),
         Err(_) => toml::Value::String(raw.to_string()),
     };
     let mut node = root;

@@ -16,7 +16,9 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
 use fleetmesh_model::{NodeId, TenantId};
-use fleetmesh_node::sync::{Action, ChainIndex, Config, Engine, LocalInfo, Message, PeerInfo, Prefix, Stats};
+use fleetmesh_node::sync::{
+    Action, ChainIndex, Config, Engine, LocalInfo, Message, PeerInfo, Prefix, Stats,
+};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -332,7 +334,9 @@ impl Sim {
         }
 
         let safety_end = (scenario.faults.duration_s * SECOND as f64) as u64;
-        let waiting = (scenario.fleet.nodes..total).map(|index| index as u32).collect();
+        let waiting = (scenario.fleet.nodes..total)
+            .map(|index| index as u32)
+            .collect();
         let metrics = Metrics::new(&scenario, seed, &drawn, templates, total);
         let mut sim = Sim {
             scenario,
@@ -371,7 +375,13 @@ impl Sim {
     }
 
     fn schedule_initial_events(&mut self) {
-        let probes: Vec<f64> = self.scenario.workload.probes.iter().map(|p| p.at_s).collect();
+        let probes: Vec<f64> = self
+            .scenario
+            .workload
+            .probes
+            .iter()
+            .map(|p| p.at_s)
+            .collect();
         for at_s in probes {
             self.schedule((at_s * SECOND as f64) as u64, Event::Probe);
         }
@@ -473,7 +483,10 @@ impl Sim {
         let foreign: Vec<usize> = (0..self.sites.len())
             .filter(|other| *other != site && self.sites[*other].tenant != tenant)
             .collect();
-        for (candidates, count) in [(same, topology.wan_peers), (foreign, topology.foreign_peers)] {
+        for (candidates, count) in [
+            (same, topology.wan_peers),
+            (foreign, topology.foreign_peers),
+        ] {
             if candidates.is_empty() {
                 continue;
             }
@@ -496,7 +509,10 @@ impl Sim {
     }
 
     fn linked(&self, a: u32, b: u32) -> bool {
-        self.nodes[a as usize].links.iter().any(|(peer, _)| *peer == b)
+        self.nodes[a as usize]
+            .links
+            .iter()
+            .any(|(peer, _)| *peer == b)
     }
 
     fn add_link(&mut self, a: u32, b: u32) {
@@ -541,7 +557,9 @@ impl Sim {
         if !(a.live() && b.live()) || link.banned_until > self.now {
             return false;
         }
-        !link.wan || (self.sites[a.site as usize].outages == 0 && self.sites[b.site as usize].outages == 0)
+        !link.wan
+            || (self.sites[a.site as usize].outages == 0
+                && self.sites[b.site as usize].outages == 0)
     }
 
     /// Takes a link down at once when it cannot be up, and schedules a reconnect when it can
@@ -611,7 +629,11 @@ impl Sim {
     }
 
     fn update_links_of(&mut self, node: u32) {
-        let links: Vec<u32> = self.nodes[node as usize].links.iter().map(|(_, l)| *l).collect();
+        let links: Vec<u32> = self.nodes[node as usize]
+            .links
+            .iter()
+            .map(|(_, l)| *l)
+            .collect();
         for link in links {
             self.update_link(link);
         }
@@ -628,7 +650,8 @@ impl Sim {
     }
 
     fn engine_now(&self, node: u32) -> u64 {
-        let ms = (self.now / 1_000) as i64 + self.nodes[node as usize].clock_offset_ms + CLOCK_EPOCH_MS;
+        let ms =
+            (self.now / 1_000) as i64 + self.nodes[node as usize].clock_offset_ms + CLOCK_EPOCH_MS;
         ms.max(0) as u64
     }
 
@@ -748,7 +771,11 @@ impl Sim {
                 self.metrics.messages_duplicated += 1;
             }
             if self.drawn.reorder_jitter_ms > 0.0 {
-                arrival += (self.rng.network.gen_range(0.0..self.drawn.reorder_jitter_ms) * 1_000.0) as u64;
+                arrival += (self
+                    .rng
+                    .network
+                    .gen_range(0.0..self.drawn.reorder_jitter_ms)
+                    * 1_000.0) as u64;
             }
         }
         let direction = usize::from(from != link.a);
@@ -806,9 +833,9 @@ impl Sim {
             Message::Changes(changes) | Message::Repair(changes) => {
                 changes.iter().any(|change| change.doc().tenant != own)
             }
-            Message::IHave { heads } | Message::Graft { wants: heads } | Message::Request { wants: heads } => {
-                heads.iter().any(|head| head.doc.tenant != own)
-            }
+            Message::IHave { heads }
+            | Message::Graft { wants: heads }
+            | Message::Request { wants: heads } => heads.iter().any(|head| head.doc.tenant != own),
             _ => false,
         };
         if foreign {
@@ -822,7 +849,9 @@ impl Sim {
     fn engine_disconnect(&mut self, node: u32, peer: NodeId, reason: String) {
         self.metrics.engine_disconnects += 1;
         if self.metrics.disconnect_reasons.len() < 10 {
-            self.metrics.disconnect_reasons.push(format!("node {node}: {reason}"));
+            self.metrics
+                .disconnect_reasons
+                .push(format!("node {node}: {reason}"));
         }
         let Some(to) = self.node_of.get(&peer).copied() else {
             return;
@@ -850,7 +879,8 @@ impl Sim {
     // Workload.
 
     fn schedule_next_write(&mut self) {
-        let rate = self.scenario.workload.changes_per_node_day * self.scenario.fleet.nodes as f64 / 86_400.0;
+        let rate = self.scenario.workload.changes_per_node_day * self.scenario.fleet.nodes as f64
+            / 86_400.0;
         let delay = exponential(&mut self.rng.workload, rate);
         self.schedule(self.now + delay, Event::NextWrite);
     }
@@ -876,7 +906,9 @@ impl Sim {
             .map(|engine| fleetmesh_node::sync::ChangeStore::insert(engine.store_mut(), &change));
         match stored {
             Some(Ok(())) => {}
-            Some(Err(err)) => return Err(anyhow!("node {node} could not store its own change: {err}")),
+            Some(Err(err)) => {
+                return Err(anyhow!("node {node} could not store its own change: {err}"))
+            }
             None => return Ok(()),
         }
         self.dirty.insert(chain, ());
@@ -952,7 +984,10 @@ impl Sim {
     }
 
     fn join(&mut self, count: usize) {
-        let joining: Vec<u32> = self.waiting.drain(..count.min(self.waiting.len())).collect();
+        let joining: Vec<u32> = self
+            .waiting
+            .drain(..count.min(self.waiting.len()))
+            .collect();
         for &node in &joining {
             self.nodes[node as usize].joined = true;
             let chain = self.nodes[node as usize].chain;
@@ -973,7 +1008,8 @@ impl Sim {
             self.nodes[node as usize].missing = missing;
             self.start_engine(node);
             if let Err(err) = self.write(node) {
-                self.metrics.violation(format!("joining node {node} failed to write: {err:#}"));
+                self.metrics
+                    .violation(format!("joining node {node} failed to write: {err:#}"));
             }
             let _ = chain;
         }
@@ -1084,7 +1120,9 @@ impl Sim {
     }
 
     fn all_converged(&self) -> bool {
-        self.nodes.iter().all(|node| !node.live() || node.missing == 0)
+        self.nodes
+            .iter()
+            .all(|node| !node.live() || node.missing == 0)
     }
 
     fn handle(&mut self, event: Event) -> Result<()> {
@@ -1191,7 +1229,10 @@ impl Sim {
         self.sample();
         self.metrics.converged_at = converged_at;
         match converged_at {
-            Some(at) => self.metrics.convergence_s = Some((at.saturating_sub(self.safety_end)) as f64 / SECOND as f64),
+            Some(at) => {
+                self.metrics.convergence_s =
+                    Some((at.saturating_sub(self.safety_end)) as f64 / SECOND as f64)
+            }
             None => {
                 let stuck = self
                     .nodes
@@ -1309,7 +1350,9 @@ impl Sim {
                 .filter(|tenant| *tenant != node.tenant)
                 .collect();
             if !foreign.is_empty() {
-                problems.push(format!("node {index} holds documents of other tenants {foreign:?}"));
+                problems.push(format!(
+                    "node {index} holds documents of other tenants {foreign:?}"
+                ));
             }
         }
         drop(fleet);
@@ -1350,7 +1393,8 @@ fn exponential(rng: &mut ChaCha8Rng, rate: f64) -> u64 {
 
 pub(crate) fn add_stats(total: &mut Stats, more: &Stats) {
     use fleetmesh_node::sync::MessageKind;
-    let add_kinds = |total: &mut fleetmesh_node::sync::KindCounters, more: &fleetmesh_node::sync::KindCounters| {
+    let add_kinds = |total: &mut fleetmesh_node::sync::KindCounters,
+                     more: &fleetmesh_node::sync::KindCounters| {
         for kind in MessageKind::ALL {
             let value = more.get(kind);
             match kind {
@@ -1389,11 +1433,15 @@ impl Trace {
     fn record(&mut self, at: u64, sequence: u64, event: &Event) {
         let tag: u64 = match event {
             Event::Deliver { to, message, .. } => {
-                (u64::from(*to) << 8) ^ message.encoded_len() as u64 ^ ((message.kind() as u64) << 40)
+                (u64::from(*to) << 8)
+                    ^ message.encoded_len() as u64
+                    ^ ((message.kind() as u64) << 40)
             }
             Event::Timer { node, .. } => 1 << 60 | u64::from(*node),
             Event::Restart { node } => 2 << 60 | u64::from(*node),
-            Event::OutageStart { site, .. } | Event::OutageEnd { site } => 3 << 60 | u64::from(*site),
+            Event::OutageStart { site, .. } | Event::OutageEnd { site } => {
+                3 << 60 | u64::from(*site)
+            }
             Event::Reconnect { link } => 4 << 60 | u64::from(*link),
             Event::Join { count } => 5 << 60 | *count as u64,
             _ => 6 << 60,
@@ -1412,7 +1460,8 @@ impl Trace {
 
 /// Runs `scenario` once.
 pub fn run(scenario: Scenario, templates: &Templates, options: &RunOptions) -> Result<Outcome> {
-    let sim = Sim::new(scenario, templates, options).context("building the simulated fleet failed")?;
+    let sim =
+        Sim::new(scenario, templates, options).context("building the simulated fleet failed")?;
     sim.run()
 }
 
@@ -1420,5 +1469,8 @@ pub fn run(scenario: Scenario, templates: &Templates, options: &RunOptions) -> R
 pub fn scenario_digest(scenario: &Scenario) -> String {
     let text = serde_json::to_string(scenario).unwrap_or_default();
     let digest: [u8; 32] = Sha256::digest(text.as_bytes()).into();
-    digest[..6].iter().map(|byte| format!("{byte:02x}")).collect()
+    digest[..6]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }

@@ -371,7 +371,13 @@ impl Disk {
         }
     }
 
-    fn move_delta(&mut self, tenant: u16, key: u32, old: (u64, Fingerprint), new: (u64, Fingerprint)) {
+    fn move_delta(
+        &mut self,
+        tenant: u16,
+        key: u32,
+        old: (u64, Fingerprint),
+        new: (u64, Fingerprint),
+    ) {
         let fingerprint = new.1.wrapping_sub(old.1);
         let count = i64::from(new.0 > 0) - i64::from(old.0 > 0);
         for depth in 0..=AGGREGATE_DEPTH {
@@ -407,8 +413,9 @@ impl Disk {
             // The node held the old base: keep that as an explicit entry. Callers rebase only
             // chains that every base-holding node holds at the new sequence number, so this
             // branch runs only for nodes that were not checked (none today).
-            self.violations
-                .push(format!("rebase of chain {chain} moved a node that did not hold it"));
+            self.violations.push(format!(
+                "rebase of chain {chain} moved a node that did not hold it"
+            ));
         }
     }
 
@@ -654,7 +661,11 @@ impl ChangeStore for SimStore {
                 authored
             ));
         }
-        let key = (change.hash(), change.signature().copied(), change.doc().clone());
+        let key = (
+            change.hash(),
+            change.signature().copied(),
+            change.doc().clone(),
+        );
         if chain != self.own && fleet.verified.get(&key) != Some(&true) {
             disk.violations.push(format!(
                 "stored change {} of chain {chain} without a successful verification",
@@ -683,7 +694,11 @@ impl SimVerifier {
 
 impl Verify for SimVerifier {
     fn verify(&mut self, change: &SignedChange) -> Result<(), VerifyError> {
-        let key = (change.hash(), change.signature().copied(), change.doc().clone());
+        let key = (
+            change.hash(),
+            change.signature().copied(),
+            change.doc().clone(),
+        );
         let mut fleet = self.fleet.borrow_mut();
         if let Some(valid) = fleet.verified.get(&key) {
             if *valid {

@@ -24,7 +24,9 @@ use automerge::transaction::Transactable;
 use automerge::{ActorId, AutoCommit, ObjId, ReadDoc, Value};
 use ed25519_dalek::SigningKey;
 use fleetmesh_model::facts::Package;
-use fleetmesh_model::{Change, ChangeHash, DocId, Facts, Identity, NodeDocument, NodeId, SignedChange, TenantId};
+use fleetmesh_model::{
+    Change, ChangeHash, DocId, Facts, Identity, NodeDocument, NodeId, SignedChange, TenantId,
+};
 use sha2::{Digest, Sha256};
 
 /// Commit time of template changes, in seconds since the Unix epoch.
@@ -253,7 +255,13 @@ fn generated_facts() -> Facts {
     for index in 0..700u32 {
         let package = Package {
             name: format!("lib-sim{index:03}"),
-            version: format!("{}.{}.{}-{}+deb12u1", index % 7, index % 13, index % 5, index % 3 + 1),
+            version: format!(
+                "{}.{}.{}-{}+deb12u1",
+                index % 7,
+                index % 13,
+                index % 5,
+                index % 3 + 1
+            ),
             arch: Some(if index % 4 == 0 { "all" } else { "amd64" }.to_string()),
             source: (index % 3 == 0).then(|| format!("sim{}", index / 3)),
             manager: "dpkg".to_string(),
@@ -390,7 +398,9 @@ impl Editor {
                 };
                 let file = match doc.get(&files, "/etc/fleetmesh-sim.conf")? {
                     Some((Value::Object(_), id)) => id,
-                    _ => doc.put_object(&files, "/etc/fleetmesh-sim.conf", automerge::ObjType::Map)?,
+                    _ => {
+                        doc.put_object(&files, "/etc/fleetmesh-sim.conf", automerge::ObjType::Map)?
+                    }
                 };
                 let digest = hex_digest(&(step as u64).to_le_bytes());
                 doc.put(&file, "exists", true)?;

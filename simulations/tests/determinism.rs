@@ -16,7 +16,11 @@ fn scenario(name: &str, nodes: usize) -> Scenario {
 fn trace_hash(scenario: &Scenario, templates: &Templates, seed: u64) -> String {
     let options = RunOptions { seed, trace: true };
     let outcome = run(scenario.clone(), templates, &options).expect("run completes");
-    assert!(outcome.metrics.passed(), "violations: {:?}", outcome.metrics.violations);
+    assert!(
+        outcome.metrics.passed(),
+        "violations: {:?}",
+        outcome.metrics.violations
+    );
     outcome.trace_hash.expect("trace requested")
 }
 
@@ -35,5 +39,8 @@ fn same_seed_same_trace() {
     assert_eq!(first, second);
 
     let other = trace_hash(&scenario, &templates, 8);
-    assert_ne!(first, other, "a different seed should give a different trace");
+    assert_ne!(
+        first, other,
+        "a different seed should give a different trace"
+    );
 }

@@ -31,11 +31,26 @@ fn faults_run_keeps_invariants() {
         "faults.clock_skew_ms=30000.0",
         "faults.site_outages_per_site_hour=1.0",
     ]);
-    let outcome = run(scenario, &templates, &RunOptions { seed: 11, trace: false }).expect("run completes");
+    let outcome = run(
+        scenario,
+        &templates,
+        &RunOptions {
+            seed: 11,
+            trace: false,
+        },
+    )
+    .expect("run completes");
     let metrics = &outcome.metrics;
 
-    assert!(metrics.violations.is_empty(), "violations: {:#?}", metrics.violations);
-    assert!(metrics.convergence_s.is_some(), "the fleet did not converge");
+    assert!(
+        metrics.violations.is_empty(),
+        "violations: {:#?}",
+        metrics.violations
+    );
+    assert!(
+        metrics.convergence_s.is_some(),
+        "the fleet did not converge"
+    );
     assert!(metrics.messages_lost > 0, "no message was lost");
     assert!(metrics.messages_duplicated > 0, "no message was duplicated");
     assert!(metrics.crashes > 0, "no node crashed");
@@ -54,8 +69,19 @@ fn checker_reports_unconverged_fleet() {
         "faults.site_outages_per_site_hour=0.0",
         "faults.joins=[]",
     ]);
-    let outcome = run(scenario, &templates, &RunOptions { seed: 3, trace: false }).expect("run completes");
+    let outcome = run(
+        scenario,
+        &templates,
+        &RunOptions {
+            seed: 3,
+            trace: false,
+        },
+    )
+    .expect("run completes");
 
-    assert!(!outcome.metrics.passed(), "the checker missed a fleet that did not converge");
+    assert!(
+        !outcome.metrics.passed(),
+        "the checker missed a fleet that did not converge"
+    );
     assert!(outcome.metrics.convergence_s.is_none());
 }

@@ -46,7 +46,14 @@ fn build_binary() -> Result<PathBuf> {
         .to_string();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let mut command = Command::new(cargo);
-    command.args(["build", "--quiet", "-p", "fleetmesh-cli", "--bin", "fleetmesh"]);
+    command.args([
+        "build",
+        "--quiet",
+        "-p",
+        "fleetmesh-cli",
+        "--bin",
+        "fleetmesh",
+    ]);
     if profile == "release" {
         command.arg("--release");
     }
@@ -121,7 +128,9 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 /// Creates a temporary directory for a test's nodes. With `FLEETMESH_KEEP_TEST_DIRS=1` it is
 /// kept after the test, and its path is printed, so logs and stores can be inspected.
 pub fn test_dir() -> Result<(Option<tempfile::TempDir>, PathBuf)> {
-    let dir = tempfile::Builder::new().prefix("fleetmesh-test-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("fleetmesh-test-")
+        .tempdir()?;
     if std::env::var_os("FLEETMESH_KEEP_TEST_DIRS").is_some() {
         let path = dir.keep();
         println!("keeping test directory {}", path.display());
@@ -147,7 +156,9 @@ pub fn wait_for<T>(
         }
         if start.elapsed() > timeout {
             match last_error {
-                Some(err) => bail!("timed out after {timeout:?} waiting for {what}; last error: {err:#}"),
+                Some(err) => {
+                    bail!("timed out after {timeout:?} waiting for {what}; last error: {err:#}")
+                }
                 None => bail!("timed out after {timeout:?} waiting for {what}"),
             }
         }
@@ -271,18 +282,22 @@ impl TestNode {
         let name = self.name.clone();
         let log_path = self.log_path.clone();
         let mut exited = None;
-        let result = wait_for(&format!("{name} to listen"), Duration::from_secs(30), || {
-            if let Some(status) = self.exit_status() {
-                exited = Some(status);
-                return Ok(Some(Value::Null));
-            }
-            let Ok(text) = fs::read_to_string(&path) else {
-                return Ok(None);
-            };
-            let status: Value = serde_json::from_str(&text)?;
-            let listening = status["listen"].as_array().is_some_and(|a| a.len() >= 2);
-            Ok(listening.then_some(status))
-        });
+        let result = wait_for(
+            &format!("{name} to listen"),
+            Duration::from_secs(30),
+            || {
+                if let Some(status) = self.exit_status() {
+                    exited = Some(status);
+                    return Ok(Some(Value::Null));
+                }
+                let Ok(text) = fs::read_to_string(&path) else {
+                    return Ok(None);
+                };
+                let status: Value = serde_json::from_str(&text)?;
+                let listening = status["listen"].as_array().is_some_and(|a| a.len() >= 2);
+                Ok(listening.then_some(status))
+            },
+        );
         if let Some(status) = exited {
             let log = fs::read_to_string(&log_path).unwrap_or_default();
             bail!("node {name} exited during start with {status}; log:\n{log}");
@@ -292,7 +307,9 @@ impl TestNode {
 
     /// Returns the exit status once a started process has exited.
     fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|child| child.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|child| child.try_wait().ok().flatten())
     }
 
     /// Returns the node's QUIC listen address with its `/p2p/` suffix.
@@ -488,8 +505,8 @@ pub fn set_dpkg_version(root: &Path, package: &str, version: &str) -> Result<Str
 /// package per change, so every change stays visible in the final `packages` table.
 pub fn add_dpkg_package(root: &Path, package: &str, version: &str) -> Result<()> {
     let path = root.join("var/lib/dpkg/status");
-    let mut text = fs::read_to_string(&path)
-        .with_context(|| format!("reading {}", path.display()))?;
+    let mut text =
+        fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     if !text.is_empty() && !text.ends_with("\n\n") {
         text.push_str(if text.ends_with('\n') { "\n" } else { "\n\n" });
     }

@@ -15,12 +15,22 @@ fn run(args: &[&str]) -> Result<Output> {
 /// Asserts a failed run whose error output contains every fragment and no panic.
 fn assert_clear_error(output: &Output, fragments: &[&str]) {
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "expected failure, stderr: {stderr}");
+    assert!(
+        !output.status.success(),
+        "expected failure, stderr: {stderr}"
+    );
     assert!(!stderr.contains("panicked"), "panic: {stderr}");
     let error_lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
-    assert_eq!(error_lines.len(), 1, "expected one error line, got: {stderr}");
+    assert_eq!(
+        error_lines.len(),
+        1,
+        "expected one error line, got: {stderr}"
+    );
     for fragment in fragments {
-        assert!(stderr.contains(fragment), "missing {fragment:?} in: {stderr}");
+        assert!(
+            stderr.contains(fragment),
+            "missing {fragment:?} in: {stderr}"
+        );
     }
 }
 
@@ -41,11 +51,16 @@ fn up_args<'a>(data_dir: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
 fn up_rejects_corrupt_store() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("fleetmesh.db");
-    let garbage = b"this is not a database, just some bytes that are long enough to look like a page header".repeat(20);
+    let garbage =
+        b"this is not a database, just some bytes that are long enough to look like a page header"
+            .repeat(20);
     fs::write(&db, &garbage)?;
     let data_dir = dir.path().to_string_lossy().to_string();
     let output = run(&up_args(&data_dir, &[]))?;
-    assert_clear_error(&output, &["fleetmesh.db", "corrupt", "move the data directory aside"]);
+    assert_clear_error(
+        &output,
+        &["fleetmesh.db", "corrupt", "move the data directory aside"],
+    );
     assert_eq!(fs::read(&db)?, garbage, "the corrupt file was changed");
     Ok(())
 }
@@ -127,7 +142,10 @@ fn up_rejects_unparsable_peer() -> Result<()> {
     let data_dir = dir.path().to_string_lossy().to_string();
     let output = run(&up_args(&data_dir, &["--peer", "10.0.0.5:7411"]))?;
     assert_clear_error(&output, &["10.0.0.5:7411", "multiaddr"]);
-    assert!(!dir.path().join("fleetmesh.db").exists(), "a store was created");
+    assert!(
+        !dir.path().join("fleetmesh.db").exists(),
+        "a store was created"
+    );
     Ok(())
 }
 

@@ -46,18 +46,35 @@ fn three_nodes_sync_and_recover_from_sigkill() -> Result<()> {
     b.start(&[])?;
     c.start(&[])?;
 
-    let everyone = vec!["node-a".to_string(), "node-b".to_string(), "node-c".to_string()];
+    let everyone = vec![
+        "node-a".to_string(),
+        "node-b".to_string(),
+        "node-c".to_string(),
+    ];
     for node in [&a, &b, &c] {
-        wait_for(&format!("{} to list all three nodes", node.name), CONVERGE_TIMEOUT, || {
-            Ok((node.listed_hostnames()? == everyone).then_some(()))
-        })
+        wait_for(
+            &format!("{} to list all three nodes", node.name),
+            CONVERGE_TIMEOUT,
+            || Ok((node.listed_hostnames()? == everyone).then_some(())),
+        )
         .with_context(|| format!("log of {}:\n{}", node.name, node.log_tail(40)))?;
     }
     let before_kill = fleet_packages(&c)?;
     assert!(!before_kill.is_empty(), "node-c holds no packages");
-    assert_eq!(before_kill, fleet_packages(&a)?, "node-a and node-c disagree before the kill");
-    assert_eq!(before_kill, fleet_packages(&b)?, "node-b and node-c disagree before the kill");
-    for (hostname, version) in [("node-b", "7.88.1-10+deb12u77"), ("node-c", "7.88.1-10+deb12u88")] {
+    assert_eq!(
+        before_kill,
+        fleet_packages(&a)?,
+        "node-a and node-c disagree before the kill"
+    );
+    assert_eq!(
+        before_kill,
+        fleet_packages(&b)?,
+        "node-b and node-c disagree before the kill"
+    );
+    for (hostname, version) in [
+        ("node-b", "7.88.1-10+deb12u77"),
+        ("node-c", "7.88.1-10+deb12u88"),
+    ] {
         for node in [&a, &b, &c] {
             assert_eq!(
                 package_version(node, hostname, "curl")?.as_deref(),
@@ -70,15 +87,26 @@ fn three_nodes_sync_and_recover_from_sigkill() -> Result<()> {
 
     // C dies without warning; what it held is still in its store.
     c.kill()?;
-    assert_eq!(fleet_packages(&c)?, before_kill, "node-c lost data after SIGKILL");
+    assert_eq!(
+        fleet_packages(&c)?,
+        before_kill,
+        "node-c lost data after SIGKILL"
+    );
 
     // A's facts change while C is down.
     let old = set_dpkg_version(&a.root, "openssl", "3.0.99-1")?;
     assert_ne!(old, "3.0.99-1");
     for node in [&a, &b] {
-        wait_for(&format!("{} to see the upgrade", node.name), CONVERGE_TIMEOUT, || {
-            Ok((package_version(node, "node-a", "openssl")?.as_deref() == Some("3.0.99-1")).then_some(()))
-        })
+        wait_for(
+            &format!("{} to see the upgrade", node.name),
+            CONVERGE_TIMEOUT,
+            || {
+                Ok(
+                    (package_version(node, "node-a", "openssl")?.as_deref() == Some("3.0.99-1"))
+                        .then_some(()),
+                )
+            },
+        )
         .with_context(|| format!("log of {}:\n{}", node.name, node.log_tail(40)))?;
     }
     assert_eq!(package_version(&c, "node-a", "openssl")?, Some(old));
@@ -86,7 +114,10 @@ fn three_nodes_sync_and_recover_from_sigkill() -> Result<()> {
     // C restarts with its old store and catches up.
     c.start(&[])?;
     wait_for("node-c to catch up", CONVERGE_TIMEOUT, || {
-        Ok((package_version(&c, "node-a", "openssl")?.as_deref() == Some("3.0.99-1")).then_some(()))
+        Ok(
+            (package_version(&c, "node-a", "openssl")?.as_deref() == Some("3.0.99-1"))
+                .then_some(()),
+        )
     })
     .with_context(|| format!("log of node-c:\n{}", c.log_tail(40)))?;
     wait_for("all three to agree", CONVERGE_TIMEOUT, || {

@@ -56,11 +56,17 @@ fn print_summary(facts: &Facts) {
     println!(
         "cpu:          {} ({} threads)",
         facts.hardware.cpu_model.clone().unwrap_or_else(unknown),
-        facts.hardware.cpu_threads.map_or_else(unknown, |n| n.to_string())
+        facts
+            .hardware
+            .cpu_threads
+            .map_or_else(unknown, |n| n.to_string())
     );
     println!(
         "memory:       {} MiB",
-        facts.hardware.memory_total_kib.map_or_else(unknown, |kib| (kib / 1024).to_string())
+        facts
+            .hardware
+            .memory_total_kib
+            .map_or_else(unknown, |kib| (kib / 1024).to_string())
     );
     println!("packages:     {}", facts.packages.len());
     println!("services:     {}", facts.services.len());

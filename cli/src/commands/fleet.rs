@@ -13,7 +13,6 @@
 use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
@@ -22,11 +21,11 @@ use fleetmesh_model::membership::{
     SignedRevocation, TokenId, TokenValidity,
 };
 use fleetmesh_model::{DocId, DocKind, NodeId, TenantId};
-use fleetmesh_node::membership::Credentials;
-use fleetmesh_node::store::Store;
 use fleetmesh_node::{fleetkey, keyfile};
 use rand::rngs::OsRng;
 use zeroize::Zeroizing;
+
+use super::operator::{self, unix_now};
 
 /// Environment variable that supplies the fleet key passphrase.
 const PASSPHRASE_ENV: &str = "FLEETMESH_FLEET_PASSPHRASE";
@@ -234,38 +233,20 @@ fn token(data_dir: &Path, args: TokenArgs) -> anyhow::Result<ExitCode> {
 
 fn revoke(data_dir: &Path, args: RevokeArgs) -> anyhow::Result<ExitCode> {
     let target = parse_target(&args.target, args.enrolled_after)?;
-    let key_path = data_dir.join(keyfile::KEY_FILE);
-    if !key_path.exists() {
-        anyhow::bail!(
-            "{} has no node key; run `fleet revoke` on an operator node, or pass its --data-dir",
-            data_dir.display()
-        );
-    }
-    let key = keyfile::load(&key_path)?;
-    let node = keyfile::node_id(&key);
-    let mut store = Store::open(data_dir)?;
-    let credentials = Credentials::load(&store)?.with_context(|| {
-        format!(
-            "the node in {} is not enrolled in a fleet; enroll it with `fleetmesh join` first",
-            data_dir.display()
-        )
-    })?;
-    let now = unix_now()?;
-    let member = credentials.verify(&node, now)?;
-    let tenant = match &args.tenant {
-        Some(name) => TenantId::new(name)?,
-        None => member.tenant.clone(),
-    };
-    if !member.is_operator_of(&tenant) {
-        anyhow::bail!(
-            "this node is a {} of tenant {}, not an operator of tenant {tenant}; run `fleet revoke` on an operator node of that tenant",
-            member.role.as_str(),
-            member.tenant
-        );
-    }
+    let operator::Operator {
+        key,
+        node,
+        mut store,
+        tenant,
+        now,
+        chain,
+        ..
+    } = operator::open(data_dir, args.tenant.as_deref(), "fleet revoke")?;
     if let RevocationTarget::Node(target_node) = target {
         if target_node == node {
-            anyhow::bail!("{node} is this node itself; run `fleet revoke` on another operator node");
+            anyhow::bail!(
+                "{node} is this node itself; run `fleet revoke` on another operator node"
+            );
         }
     }
 
@@ -276,14 +257,18 @@ fn revoke(data_dir: &Path, args: RevokeArgs) -> anyhow::Result<ExitCode> {
         issued_at: now,
         issuer: node,
     };
-    let signed = SignedRevocation::sign(revocation, &key, Some(credentials.chain.clone()))?;
+    let signed = SignedRevocation::sign(revocation, &key, Some(chain))?;
     let doc_id = DocId::tenant_doc(DocKind::Membership, tenant.clone());
     let changes = store.document_changes(&doc_id)?;
     let mut doc = MembershipDocument::from_changes(tenant.clone(), changes.iter())?;
     match doc.add_revocation(&signed, now, &key)? {
         Some(change) => {
             store.insert_local_tenant_change(&change)?;
-            println!("revoked {} in tenant {tenant} (revocation {})", args.target, signed.id());
+            println!(
+                "revoked {} in tenant {tenant} (revocation {})",
+                args.target,
+                signed.id()
+            );
             eprintln!("A running node passes the revocation on within a second; peers refuse the revoked node from then on.");
         }
         None => println!("{} was already revoked in tenant {tenant}", args.target),
@@ -308,13 +293,6 @@ fn parse_target(text: &str, enrolled_after: Option<i64>) -> anyhow::Result<Revoc
     anyhow::bail!(
         "{text:?} is neither a node id (as `fleetmesh nodes` prints) nor a join token id (32 hex digits, as `fleet token` prints)"
     )
-}
-
-fn unix_now() -> anyhow::Result<i64> {
-    let elapsed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .context("the system clock is before 1970; set the clock")?;
-    i64::try_from(elapsed.as_secs()).context("the system clock is out of range; set the clock")
 }
 
 /// Parses a duration such as `90s`, `30m`, `24h`, `7d` or `2w` into seconds.

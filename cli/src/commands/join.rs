@@ -84,7 +84,9 @@ fn read_token_line() -> anyhow::Result<String> {
         .read_line(&mut line)
         .context("reading the join token from standard input failed")?;
     if line.trim().is_empty() {
-        anyhow::bail!("standard input held no join token; pipe the token printed by `fleetmesh fleet token`");
+        anyhow::bail!(
+            "standard input held no join token; pipe the token printed by `fleetmesh fleet token`"
+        );
     }
     Ok(line)
 }

@@ -86,7 +86,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let invalid = || format!("invalid duration {text:?}: use a number with s, m, h, d or w, such as 30m or 7d");
+    let invalid = || {
+        format!("invalid duration {text:?}: use a number with s, m, h, d or w, such as 30m or 7d")
+    };
     let value: u64 = number.parse().map_err(|_| invalid())?;
     let seconds = match unit {
         "" | "s" => 1,
@@ -205,18 +207,41 @@ pub fn show(data_dir: &Path, args: ShowArgs) -> anyhow::Result<ExitCode> {
     }
     let facts = doc.facts(None)?;
     println!("node:        {}", summary.node_id);
-    println!("hostname:    {}", summary.hostname.clone().unwrap_or_default());
-    println!("tenant/site: {}/{}", summary.tenant.clone().unwrap_or_default(), summary.site.clone().unwrap_or_default());
-    println!("os:          {}", facts.os.pretty_name.clone().unwrap_or_default());
-    println!("kernel:      {}", facts.os.kernel_release.clone().unwrap_or_default());
-    println!("cpu:         {}", facts.hardware.cpu_model.clone().unwrap_or_default());
-    println!("memory:      {} MiB", facts.hardware.memory_total_kib.unwrap_or(0) / 1024);
+    println!(
+        "hostname:    {}",
+        summary.hostname.clone().unwrap_or_default()
+    );
+    println!(
+        "tenant/site: {}/{}",
+        summary.tenant.clone().unwrap_or_default(),
+        summary.site.clone().unwrap_or_default()
+    );
+    println!(
+        "os:          {}",
+        facts.os.pretty_name.clone().unwrap_or_default()
+    );
+    println!(
+        "kernel:      {}",
+        facts.os.kernel_release.clone().unwrap_or_default()
+    );
+    println!(
+        "cpu:         {}",
+        facts.hardware.cpu_model.clone().unwrap_or_default()
+    );
+    println!(
+        "memory:      {} MiB",
+        facts.hardware.memory_total_kib.unwrap_or(0) / 1024
+    );
     println!("last change: {}", format_time(summary.last_change));
     println!("packages:    {}", facts.packages.len());
     println!("interfaces:");
     for (name, interface) in &facts.interfaces {
         let addresses: Vec<&str> = interface.addresses.keys().map(String::as_str).collect();
-        println!("  {name:<12} {:<18} {}", interface.mac.clone().unwrap_or_default(), addresses.join(" "));
+        println!(
+            "  {name:<12} {:<18} {}",
+            interface.mac.clone().unwrap_or_default(),
+            addresses.join(" ")
+        );
     }
     println!("services:    {}", facts.services.len());
     println!("users:       {}", facts.users.len());
@@ -244,7 +269,10 @@ pub fn query(data_dir: &Path, args: QueryArgs) -> anyhow::Result<ExitCode> {
     };
     print!("{}", query::format_result(&result, format));
     if result.truncated && !matches!(format, Format::Table) {
-        eprintln!("note: output cut at {} rows; raise --limit to see more", args.limit);
+        eprintln!(
+            "note: output cut at {} rows; raise --limit to see more",
+            args.limit
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -259,7 +287,10 @@ pub fn schema(args: SchemaArgs) -> anyhow::Result<ExitCode> {
     for table in &tables {
         println!("{} — {}", table.name, table.description);
         for column in &table.columns {
-            println!("  {:<20} {:<8} {}", column.name, column.sql_type, column.description);
+            println!(
+                "  {:<20} {:<8} {}",
+                column.name, column.sql_type, column.description
+            );
         }
         println!();
     }

@@ -107,11 +107,16 @@ pub fn run(data_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     let node = Node::prepare(config)?;
     let advertised = advertised.map(|text| text.replace("NODE", &node.node_id().to_string()));
     if let Some(command) = node.join_command(advertised.as_deref()) {
-        println!("This node holds the root key of its local fleet {}.", node.fleet());
+        println!(
+            "This node holds the root key of its local fleet {}.",
+            node.fleet()
+        );
         println!("To join another machine to it (the token is valid for 24 hours), run there:");
         println!("  {command}");
         if advertised.is_none() {
-            println!("  (add --peer with one of this node's listen addresses if mDNS cannot reach it)");
+            println!(
+                "  (add --peer with one of this node's listen addresses if mDNS cannot reach it)"
+            );
         }
         println!("More tokens: fleetmesh fleet token --local --tenant NAME --site NAME --role node --expires 24h");
     }

@@ -41,7 +41,73 @@ pub fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
             Ok(Some(result))
         })?;
     }
-    Ok(())
+    register_text_functions(conn, flags)
+}
+
+/// Largest compiled size of a `regexp` pattern, so one pattern cannot take much memory.
+const REGEX_SIZE_MAX: usize = 1 << 20;
+
+/// Registers `regexp(pattern, text)`, which SQLite calls for `text REGEXP pattern`, and
+/// `config_value(text, key)`.
+///
+/// `regexp` uses Rust regex syntax (`(?m)` for line anchors, `(?i)` to ignore case) and returns
+/// 1 or 0, or NULL when either argument is NULL. `config_value` reads a keyword-value
+/// configuration file such as `sshd_config`: it returns the value of the first line whose
+/// keyword equals `key` (ignoring case), before any `Match` block, or NULL when no line sets it.
+fn register_text_functions(conn: &Connection, flags: FunctionFlags) -> rusqlite::Result<()> {
+    conn.create_scalar_function("regexp", 2, flags, |ctx| {
+        let pattern: std::sync::Arc<regex::Regex> = ctx.get_or_create_aux(0, |value| {
+            let text = value
+                .as_str()
+                .map_err(|_| "the regexp pattern must be text".to_string())?;
+            regex::RegexBuilder::new(text)
+                .size_limit(REGEX_SIZE_MAX)
+                .build()
+                .map_err(|err| format!("invalid regexp pattern {text:?}: {err}"))
+        })?;
+        let Some(text) = argument_bytes(ctx, 1) else {
+            return Ok(None);
+        };
+        Ok(Some(i64::from(
+            pattern.is_match(&String::from_utf8_lossy(&text)),
+        )))
+    })?;
+    conn.create_scalar_function("config_value", 2, flags, |ctx| {
+        let (Some(text), Some(key)) = (argument_bytes(ctx, 0), argument_bytes(ctx, 1)) else {
+            return Ok(None);
+        };
+        Ok(config_value(
+            &String::from_utf8_lossy(&text),
+            &String::from_utf8_lossy(&key),
+        ))
+    })
+}
+
+/// Returns the value of the first `key value` or `key=value` line of `text`, as `config_value`
+/// describes. Surrounding quotes are removed.
+pub fn config_value(text: &str, key: &str) -> Option<String> {
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let split = line
+            .find(|c: char| c.is_whitespace() || c == '=')
+            .unwrap_or(line.len());
+        let (keyword, rest) = line.split_at(split);
+        if keyword.eq_ignore_ascii_case("match") {
+            return None;
+        }
+        if keyword.eq_ignore_ascii_case(key) {
+            let value = rest.trim_start().trim_start_matches('=').trim();
+            let value = value
+                .strip_prefix('"')
+                .and_then(|inner| inner.strip_suffix('"'))
+                .unwrap_or(value);
+            return Some(value.to_string());
+        }
+    }
+    None
 }
 
 /// Returns the bytes of argument `index`, or `None` for NULL.
@@ -57,6 +123,55 @@ fn argument_bytes(ctx: &Context<'_>, index: usize) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn one(conn: &Connection, sql: &str) -> Option<String> {
+        conn.query_row(sql, [], |row| row.get::<_, Option<String>>(0))
+            .expect("query runs")
+    }
+
+    #[test]
+    fn regexp_and_config_value() {
+        let conn = Connection::open_in_memory().expect("memory database");
+        register_functions(&conn).expect("functions");
+        let sshd = "'# PermitRootLogin no
+  PermitRootLogin  yes
+PermitRootLogin no
+Match User x
+  X11Forwarding yes
+'";
+        assert_eq!(
+            one(
+                &conn,
+                &format!("SELECT config_value({sshd}, 'permitrootlogin')")
+            )
+            .as_deref(),
+            Some("yes")
+        );
+        assert_eq!(
+            one(
+                &conn,
+                &format!("SELECT config_value({sshd}, 'X11Forwarding')")
+            ),
+            None
+        );
+        assert_eq!(
+            one(&conn, "SELECT config_value('Port=2222', 'Port')").as_deref(),
+            Some("2222")
+        );
+        let matched: i64 = conn
+            .query_row(
+                &format!("SELECT {sshd} REGEXP '(?m)^\\s*PermitRootLogin\\s+yes'"),
+                [],
+                |row| row.get(0),
+            )
+            .expect("regexp runs");
+        assert_eq!(matched, 1);
+        let bad = conn.query_row("SELECT 'a' REGEXP '('", [], |row| row.get::<_, i64>(0));
+        assert!(bad
+            .unwrap_err()
+            .to_string()
+            .contains("invalid regexp pattern"));
+    }
 
     fn eval(conn: &Connection, sql: &str) -> Option<i64> {
         conn.query_row(sql, [], |row| row.get(0)).expect(sql)

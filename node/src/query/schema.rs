@@ -307,6 +307,20 @@ pub fn schema() -> Vec<TableDoc> {
                 ("message", "TEXT", "What went wrong."),
             ],
         ),
+        table(
+            "compliance",
+            "One row per policy check a node evaluated, as the node recorded it. Each node evaluates its tenant's policies against its own facts after every collection and whenever the policies change.",
+            &[
+                NODE_ID,
+                ("policy", "TEXT", "Policy name."),
+                ("check_name", "TEXT", "Check name within the policy."),
+                ("severity", "TEXT", "low, medium, high or critical."),
+                ("status", "TEXT", "pass, fail, or error when the query could not run."),
+                ("failing_count", "INTEGER", "Rows the check's query returned."),
+                ("failing_rows", "TEXT", "JSON array of the first 50 failing rows, each an object of column to value."),
+                ("error", "TEXT", "Why the query could not run, for error."),
+            ],
+        ),
     ]
 }
 

@@ -25,18 +25,21 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::{legacy, AutoCommit, ObjId, ObjType, ReadDoc, ScalarValue, Value};
+use fleetmesh_model::document::COMPLIANCE_SECTION;
 use fleetmesh_model::facts::{
     Address, BlockDevice, CollectorError, Dns, Group, Hardware, Interface, ListeningSocket, Mount,
     Os, Package, Route, ScheduledTask, Service, System, TrackedFile, User,
 };
-use fleetmesh_model::{ChangeHash, Identity, NodeDocument, NodeId, Patch, PatchAction, Prop};
+use fleetmesh_model::{
+    ChangeHash, ComplianceResult, Identity, NodeDocument, NodeId, Patch, PatchAction, Prop,
+};
 use rusqlite::{params, Connection, Transaction};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value as Json};
 
 /// Version of the fact tables' layout. A store that recorded another version must drop and
 /// rebuild them.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Errors from updating the fact tables.
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +66,7 @@ pub enum MaterializeError {
 }
 
 /// Names of the fact tables. [`drop_tables`] drops exactly these.
-pub const FACT_TABLES: [&str; 18] = [
+pub const FACT_TABLES: [&str; 19] = [
     "nodes",
     "packages",
     "services",
@@ -82,6 +85,7 @@ pub const FACT_TABLES: [&str; 18] = [
     "scheduled_tasks",
     "tracked_files",
     "collector_errors",
+    "compliance",
 ];
 
 const CREATE_TABLES: &str = "
@@ -307,6 +311,19 @@ CREATE TABLE IF NOT EXISTS collector_errors (
     message TEXT NOT NULL,
     PRIMARY KEY (node_id, key)
 ) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS compliance (
+    node_id TEXT NOT NULL,
+    policy TEXT NOT NULL,
+    check_name TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    status TEXT NOT NULL,
+    failing_count INTEGER NOT NULL,
+    failing_rows TEXT NOT NULL,
+    error TEXT,
+    PRIMARY KEY (node_id, policy, check_name)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS compliance_by_check ON compliance (policy, check_name, status);
 ";
 
 /// Creates the fact tables and their indexes where they do not exist yet.
@@ -512,6 +529,8 @@ struct Touched {
     node_row: bool,
     /// The `dns_servers` and `dns_search_domains` rows.
     dns: bool,
+    /// The `compliance` rows.
+    compliance: bool,
     collections: BTreeMap<Collection, Keys>,
 }
 
@@ -526,6 +545,7 @@ impl Touched {
         Touched {
             node_row: true,
             dns: true,
+            compliance: true,
             collections: Collection::ALL.iter().map(|&c| (c, Keys::All)).collect(),
         }
     }
@@ -606,6 +626,10 @@ impl Touched {
             }
             [Step::Key("identity"), ..] => {
                 self.node_row = true;
+                return;
+            }
+            [Step::Key(COMPLIANCE_SECTION), ..] => {
+                self.compliance = true;
                 return;
             }
             [Step::Key("facts"), Step::Key(section), rest @ ..] => (*section, rest),
@@ -699,6 +723,9 @@ fn write_touched(
 
     if touched.dns {
         writer.write_dns()?;
+    }
+    if touched.compliance {
+        writer.write_compliance()?;
     }
 
     for (&collection, keys) in &touched.collections {
@@ -931,6 +958,33 @@ impl Writer<'_> {
         )?;
         for (position, domain) in (1i64..).zip(&dns.search) {
             insert.execute(params![self.node, position, domain])?;
+        }
+        Ok(())
+    }
+
+    fn write_compliance(&self) -> Result<(), MaterializeError> {
+        let results: BTreeMap<String, ComplianceResult> =
+            self.read_decoded(&[COMPLIANCE_SECTION])?;
+        self.tx
+            .prepare_cached("DELETE FROM compliance WHERE node_id = ?1")?
+            .execute([self.node])?;
+        let mut insert = self.tx.prepare_cached(
+            "INSERT OR REPLACE INTO compliance (node_id, policy, check_name, severity, status,
+                 failing_count, failing_rows, error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        for result in results.values() {
+            let rows = Json::Array(result.failing_rows.clone()).to_string();
+            insert.execute(params![
+                self.node,
+                result.policy,
+                result.check,
+                result.severity.as_str(),
+                result.status.as_str(),
+                i64::try_from(result.failing_count).unwrap_or(i64::MAX),
+                rows,
+                result.error,
+            ])?;
         }
         Ok(())
     }

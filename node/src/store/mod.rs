@@ -14,8 +14,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 
 use fleetmesh_model::{
-    ChangeHash, DocId, DocKind, DocumentError, Facts, Identity, NodeDocument, NodeId, SignedChange,
-    VerifyError, WireChange,
+    ChangeHash, ComplianceResult, DocId, DocKind, DocumentError, Facts, Identity, NodeDocument,
+    NodeId, SignedChange, VerifyError, WireChange,
 };
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
@@ -272,6 +272,27 @@ impl Store {
             }
             Err(err) => Err(err),
         }
+    }
+
+    /// Records this node's compliance results in its own document, signs the change and stores
+    /// it. Returns the stored change, or `None` when the document already holds these results.
+    pub fn record_local_compliance(
+        &mut self,
+        doc_id: &DocId,
+        results: &BTreeMap<String, ComplianceResult>,
+        time: i64,
+        key: &ed25519_dalek::SigningKey,
+    ) -> Result<Option<SignedChange>, StoreError> {
+        let mut doc = self.load_doc(doc_id)?;
+        let before = doc.heads();
+        // On an error the document copy may hold a half-written transaction; it is dropped.
+        let Some(change) = doc.record_compliance(results, time, key)? else {
+            self.docs.put(doc_id.clone(), doc);
+            return Ok(None);
+        };
+        self.commit_change(&mut doc, &change, &before)?;
+        self.docs.put(doc_id.clone(), doc);
+        Ok(Some(change))
     }
 
     /// Returns a document, from the cache or rebuilt from disk. The caller puts it back with
@@ -642,6 +663,29 @@ pub fn read_document(conn: &Connection, id: &DocId) -> Result<NodeDocument, Stor
     Ok(doc)
 }
 
+/// Reads every stored change of `id` in storage order, which respects their dependencies. Read
+/// commands call this on a read-only connection.
+pub fn read_changes(conn: &Connection, id: &DocId) -> Result<Vec<SignedChange>, StoreError> {
+    changes_after(conn, id, 0)
+}
+
+/// Lists the stored documents of one kind.
+pub fn list_documents(conn: &Connection, kind: DocKind) -> Result<Vec<DocId>, StoreError> {
+    let mut stmt = conn.prepare("SELECT doc FROM documents WHERE kind = ?1 ORDER BY doc")?;
+    let rows = stmt.query_map([kind.as_str()], |row| row.get::<_, Vec<u8>>(0))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let bytes = row?;
+        match DocId::from_bytes(&bytes) {
+            Ok(id) => out.push(id),
+            Err(err) => {
+                tracing::warn!(error = %err, "skipping a stored document with an invalid id")
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Reads the changes of `id` stored after `after_rowid`, in storage order.
 fn changes_after(
     conn: &Connection,
@@ -679,7 +723,10 @@ fn decode_row(
 }
 
 /// Inserts one change row and returns its rowid.
-fn insert_change_row(tx: &rusqlite::Transaction<'_>, change: &SignedChange) -> Result<i64, StoreError> {
+fn insert_change_row(
+    tx: &rusqlite::Transaction<'_>,
+    change: &SignedChange,
+) -> Result<i64, StoreError> {
     let seq = i64::try_from(change.seq()).unwrap_or(i64::MAX);
     tx.execute(
         "INSERT INTO signed_changes (doc, author, seq, hash, bytes, signature, time)

@@ -12,10 +12,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use fleetmesh_model::policy::{Check, Policy, PolicyDocument, RecordKind, Severity};
 use fleetmesh_model::{DocId, Facts, Identity, NodeDocument, NodeId, SignedChange, TenantId};
 use fleetmesh_node::keyfile;
 use fleetmesh_node::membership::Credentials;
-use fleetmesh_node::net::{self, read_frame, write_frame, Frame, Hello, FRAME_LEN_MAX, SYNC_PROTOCOL};
+use fleetmesh_node::net::{
+    self, read_frame, write_frame, Frame, Hello, FRAME_LEN_MAX, SYNC_PROTOCOL,
+};
 use fleetmesh_node::store::Store;
 use fleetmesh_node::sync::{ChainHead, Message};
 use futures::{AsyncWriteExt, StreamExt};
@@ -180,11 +183,7 @@ async fn send(mut stream: libp2p::Stream, hello: Hello, frames: Vec<Vec<u8>>) ->
 }
 
 /// Makes an unsigned change of a node document of `tenant` whose automerge actor is `actor`.
-fn change_by(
-    tenant: &TenantId,
-    actor: NodeId,
-    hostname: &str,
-) -> Result<automerge::Change> {
+fn change_by(tenant: &TenantId, actor: NodeId, hostname: &str) -> Result<automerge::Change> {
     let mut doc = NodeDocument::new(tenant.clone(), actor);
     let identity = Identity {
         node_id: actor.to_string(),
@@ -246,6 +245,25 @@ fn attack_frames(
                 seq: 0,
             }];
             vec![sync(Message::Request { wants })]
+        }
+        // A change of the tenant's policy document, signed by this plain node; only operators
+        // may write tenant documents.
+        "plain-policy" => {
+            let mut doc = PolicyDocument::new(tenant.clone());
+            let policy = Policy {
+                name: "rogue".to_string(),
+                description: String::new(),
+                checks: vec![Check {
+                    name: "always-passes".to_string(),
+                    severity: Severity::Low,
+                    description: String::new(),
+                    query: "SELECT 1 WHERE 0".to_string(),
+                }],
+            };
+            let signed = doc
+                .put(RecordKind::Policy, "rogue", &policy, 1_700_000_000, key)?
+                .context("the policy document recorded no change")?;
+            vec![sync(Message::Changes(vec![signed]))]
         }
         "oversized" => vec![vec![0xff, 1, 2, 3]],
         "bad-frame" => vec![vec![7, 7, 7]],

@@ -1,0 +1,182 @@
+//! Policies and compliance with real processes on 127.0.0.1: an operator applies a policy, the
+//! node with the Debian fixture root fails it, passes once its sshd_config is fixed, keeps
+//! evaluating while cut off, and every node learns each result.
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use fleetmesh_tests::{mini_root, shared_fixtures, test_dir, wait_for, TestNode};
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+const SSH_POLICY: &str = r#"
+description = "SSH daemon settings every server must have"
+
+[[check]]
+name = "permit-root-login"
+severity = "high"
+description = "PermitRootLogin must be no"
+query = """
+SELECT path, config_value(content, 'PermitRootLogin') AS value
+FROM tracked_files
+WHERE path = '/etc/ssh/sshd_config'
+  AND coalesce(config_value(content, 'PermitRootLogin'), '') <> 'no'
+"""
+"#;
+
+/// Returns the status `observer` holds for `hostname`'s ssh check, if any.
+fn status_seen_by(observer: &TestNode, hostname: &str) -> Result<Option<(String, String)>> {
+    let rows = observer.query(&format!(
+        "SELECT c.status, c.failing_rows FROM compliance c JOIN nodes n USING (node_id)
+         WHERE n.hostname = '{hostname}' AND c.policy = 'ssh' AND c.check_name = 'permit-root-login'"
+    ))?;
+    Ok(rows.first().map(|row| {
+        (
+            row["status"].as_str().unwrap_or_default().to_string(),
+            row["failing_rows"].as_str().unwrap_or_default().to_string(),
+        )
+    }))
+}
+
+fn wait_status(observer: &TestNode, hostname: &str, wanted: &str) -> Result<String> {
+    wait_for(
+        &format!(
+            "{} to see {hostname}'s ssh check as {wanted}",
+            observer.name
+        ),
+        TIMEOUT,
+        || {
+            Ok(status_seen_by(observer, hostname)?
+                .filter(|(status, _)| status == wanted)
+                .map(|(_, rows)| rows))
+        },
+    )
+    .with_context(|| format!("log of {}:\n{}", observer.name, observer.log_tail(30)))
+}
+
+fn set_permit_root_login(root: &Path, value: &str) -> Result<()> {
+    let path = root.join("etc/ssh/sshd_config");
+    let text = fs::read_to_string(&path)?;
+    let edited: Vec<String> = text
+        .lines()
+        .map(|line| {
+            if line.trim_start().starts_with("PermitRootLogin") {
+                format!("PermitRootLogin {value}")
+            } else {
+                line.to_string()
+            }
+        })
+        .collect();
+    fs::write(&path, edited.join("\n") + "\n")?;
+    Ok(())
+}
+
+#[test]
+fn policy_result_follows_the_fix_and_reaches_every_node() -> Result<()> {
+    let Some(debian) = shared_fixtures()
+        .map(|shared| shared.join("roots/debian12-container"))
+        .filter(|root| root.is_dir())
+    else {
+        println!("SKIPPED: ../shared/fixtures/roots/debian12-container not found; this test needs the Debian fixture root");
+        return Ok(());
+    };
+    let started = std::time::Instant::now();
+    let stage = |what: &str| println!("{:>6.1} s  {what}", started.elapsed().as_secs_f64());
+    let (_guard, base) = test_dir()?;
+    let mut a = TestNode::new(&base, "node-a", &mini_root())?;
+    let mut b = TestNode::new(&base, "node-b", &debian)?;
+    let mut c = TestNode::new(&base, "node-c", &mini_root())?;
+
+    // A creates a local fleet and is its operator; B and C are plain nodes.
+    a.start(&[])?;
+    let a_address = a.quic_address()?;
+    for node in [&mut b, &mut c] {
+        node.join_fleet_of(&a, &a_address)?;
+        node.start(&[])?;
+    }
+    let b_address = b.quic_address()?;
+
+    let policy_file = base.join("ssh.toml");
+    fs::write(&policy_file, SSH_POLICY)?;
+    let policy_path = policy_file.to_string_lossy().to_string();
+
+    // A plain node may not write the tenant's policies.
+    let refused = c.cli(&["policy", "apply", &policy_path])?;
+    assert!(!refused.status.success(), "a plain node applied a policy");
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        message.contains("not an operator"),
+        "unexpected error: {message}"
+    );
+
+    let applied = a.cli_ok(&["policy", "apply", &policy_path])?;
+    assert!(
+        applied.contains("policy ssh (1 checks)"),
+        "unexpected output: {applied}"
+    );
+
+    // The Debian root has `PermitRootLogin yes`: B fails, and A and C both learn it.
+    for observer in [&a, &c] {
+        let rows = wait_status(observer, "node-b", "fail")?;
+        assert!(
+            rows.contains("\"value\":\"yes\""),
+            "failing rows lack the value: {rows}"
+        );
+    }
+    stage("node-b's failure reached node-a and node-c");
+    // A and C have no sshd_config, so nothing fails there.
+    wait_status(&a, "node-a", "pass")?;
+    wait_status(&a, "node-c", "pass")?;
+    let report = a.cli(&["compliance", "--policy", "ssh", "--format", "csv"])?;
+    assert_eq!(
+        report.status.code(),
+        Some(1),
+        "compliance must exit 1 while a check fails"
+    );
+    let csv = String::from_utf8_lossy(&report.stdout);
+    let b_line = csv
+        .lines()
+        .find(|line| line.contains("node-b"))
+        .with_context(|| format!("no node-b row in the report:\n{csv}"))?;
+    assert!(b_line.contains(",fail,"), "node-b row: {b_line}");
+    assert!(
+        b_line.contains("PermitRootLogin must be no"),
+        "node-b row: {b_line}"
+    );
+
+    // Fixing the file makes the check pass on the next collection, everywhere.
+    set_permit_root_login(&b.root, "no")?;
+    for observer in [&a, &c] {
+        wait_status(observer, "node-b", "pass")?;
+    }
+    stage("node-b's pass reached node-a and node-c");
+    let report = a.cli(&["compliance", "--policy", "ssh"])?;
+    assert_eq!(
+        report.status.code(),
+        Some(0),
+        "compliance must exit 0 when every check passes: {}",
+        String::from_utf8_lossy(&report.stdout)
+    );
+
+    // Cut B off: its peers stop. B keeps evaluating the policy it already has.
+    a.kill()?;
+    c.kill()?;
+    set_permit_root_login(&b.root, "yes")?;
+    wait_status(&b, "node-b", "fail")?;
+    stage("node-b evaluated the policy while cut off");
+    assert_eq!(
+        status_seen_by(&a, "node-b")?
+            .map(|(status, _)| status)
+            .as_deref(),
+        Some("pass"),
+        "node-a's replica changed while it was down"
+    );
+
+    // Back in contact, B reports the result it recorded while cut off.
+    a.start(&["--peer".to_string(), b_address])?;
+    wait_status(&a, "node-b", "fail")?;
+    stage("node-b's result from the cut-off time reached node-a");
+    Ok(())
+}
