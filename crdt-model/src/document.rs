@@ -34,9 +34,9 @@ pub enum DocumentError {
     Automerge {
         /// The document id.
         doc: String,
-        /// The automerge error.
+        /// The automerge error, boxed because it is large.
         #[source]
-        source: automerge::AutomergeError,
+        source: Box<automerge::AutomergeError>,
     },
     /// The document content does not match the expected schema.
     #[error("document {doc} has an invalid {section} section: {reason}")]
@@ -117,7 +117,7 @@ impl NodeDocument {
     pub fn load(id: DocId, bytes: &[u8]) -> Result<Self, DocumentError> {
         let doc = AutoCommit::load(bytes).map_err(|source| DocumentError::Automerge {
             doc: id.to_string(),
-            source,
+            source: Box::new(source),
         })?;
         let actor = ActorId::from(id.key.to_vec());
         Ok(NodeDocument {
@@ -400,7 +400,7 @@ impl NodeDocument {
     fn automerge_error(&self, source: automerge::AutomergeError) -> DocumentError {
         DocumentError::Automerge {
             doc: self.id.to_string(),
-            source,
+            source: Box::new(source),
         }
     }
 

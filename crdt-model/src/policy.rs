@@ -501,7 +501,7 @@ impl PolicyDocument {
     fn automerge_error(&self, source: automerge::AutomergeError) -> DocumentError {
         DocumentError::Automerge {
             doc: self.id.to_string(),
-            source,
+            source: Box::new(source),
         }
     }
 }

@@ -18,7 +18,7 @@ fn node_of(key: &SigningKey) -> NodeId {
 }
 
 fn tenant() -> TenantId {
-    TenantId::new("acme").unwrap()
+    TenantId::new("acme").expect("valid tenant name")
 }
 
 fn identity(node: NodeId) -> Identity {
@@ -78,7 +78,7 @@ fn recorded(seed: u8) -> (SigningKey, NodeDocument, SignedChange) {
             1_700_000_000,
             &key,
         )
-        .unwrap()
+        .expect("recording the collection succeeds")
         .expect("first collection writes a change");
     (key, doc, change)
 }

@@ -538,15 +538,13 @@ impl LoopState {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established,
+                num_established: 0,
                 cause,
                 ..
             } => {
-                if num_established == 0 {
-                    debug!(peer = %peer_id, cause = ?cause, "disconnected");
-                    self.hellos.remove(&peer_id);
-                    self.drop_link(engine, peer_id);
-                }
+                debug!(peer = %peer_id, cause = ?cause, "disconnected");
+                self.hellos.remove(&peer_id);
+                self.drop_link(engine, peer_id);
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 debug!(peer = ?peer_id, error = %error, "dial failed");

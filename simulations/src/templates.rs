@@ -281,7 +281,7 @@ fn vary(base: &Facts, index: usize) -> Facts {
         let mut position = 0usize;
         facts.packages.retain(|_, _| {
             position += 1;
-            position % modulus != 0
+            !position.is_multiple_of(modulus)
         });
     }
     facts.system.hostname = format!("fmsim-template-{index:02}");

@@ -71,7 +71,7 @@ impl MembershipDocument {
         let id = DocId::tenant_doc(DocKind::Membership, tenant);
         let doc = AutoCommit::load(bytes).map_err(|source| DocumentError::Automerge {
             doc: id.to_string(),
-            source,
+            source: Box::new(source),
         })?;
         Ok(MembershipDocument { id, doc })
     }
@@ -206,7 +206,7 @@ impl MembershipDocument {
     fn automerge_error(&self, source: automerge::AutomergeError) -> MembershipError {
         MembershipError::from(DocumentError::Automerge {
             doc: self.id.to_string(),
-            source,
+            source: Box::new(source),
         })
     }
 }
