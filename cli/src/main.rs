@@ -54,6 +54,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // A closed output pipe ends the process quietly, as for other command-line tools, so that
+    // `fleetmesh drift | head` does not panic in `println!` (Rust ignores SIGPIPE by default).
+    sigpipe::reset();
     let cli = Cli::parse();
     let data_dir = cli.data_dir.unwrap_or_else(paths::default_data_dir);
     let result = match cli.command {

@@ -447,9 +447,18 @@ fn paths_from_operations(
     Some(out)
 }
 
+/// Tracked files whose content names the machine itself, so they differ between any two machines.
+pub const MACHINE_SPECIFIC_FILES: [&str; 4] = [
+    "/etc/hostname",
+    "/etc/HOSTNAME",
+    "/etc/machine-id",
+    "/etc/hosts",
+];
+
 /// Reports whether a path from the root names a fact that differs between machines by nature
-/// (names, ids, boot time, hardware serial, addresses, free space). Comparisons of two machines
-/// leave these out unless asked for everything.
+/// (names, ids, boot time, hardware serial, addresses, free space, and the tracked files of
+/// [`MACHINE_SPECIFIC_FILES`]). Comparisons of two machines leave these out unless asked for
+/// everything.
 pub fn is_machine_specific(path: &[String]) -> bool {
     let parts: Vec<&str> = path.iter().map(String::as_str).collect();
     matches!(
@@ -464,7 +473,7 @@ pub fn is_machine_specific(path: &[String]) -> bool {
             | ["facts", "hardware", "serial", ..]
             | ["facts", "mounts", _, "free_bytes", ..]
             | ["facts", "interfaces", _, "mac" | "addresses", ..]
-    )
+    ) || matches!(parts.as_slice(), ["facts", "tracked_files", file, ..] if MACHINE_SPECIFIC_FILES.contains(file))
 }
 
 #[cfg(test)]

@@ -189,8 +189,8 @@ pub struct Baseline {
 impl Baseline {
     /// Returns the part of `facts` that a baseline compares: OS release, packages and their
     /// versions, service states, accounts, tracked files, listening sockets and scheduled tasks.
-    /// Facts that differ between machines by nature (names, addresses, hardware, free space) are
-    /// left out.
+    /// Facts that differ between machines by nature (names, addresses, hardware, free space, and
+    /// the files of [`history::MACHINE_SPECIFIC_FILES`]) are left out.
     pub fn project(facts: &Facts) -> Json {
         let map = |entries: Vec<(String, Json)>| Json::Object(entries.into_iter().collect());
         json!({
@@ -215,6 +215,7 @@ impl Baseline {
                 })))
                 .collect()),
             "tracked_files": map(facts.tracked_files.iter()
+                .filter(|(path, _)| !history::MACHINE_SPECIFIC_FILES.contains(&path.as_str()))
                 .map(|(path, file)| (path.clone(), json!({
                     "exists": file.exists,
                     "sha256": file.sha256,

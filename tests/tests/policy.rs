@@ -146,6 +146,66 @@ fn policy_result_follows_the_fix_and_reaches_every_node() -> Result<()> {
         "node-b row: {b_line}"
     );
 
+    // Baselines: node-c's configuration as the standard. node-a has the same root, so it
+    // matches; node-b (the Debian root) deviates.
+    a.cli_ok(&["baseline", "set", "mini-standard", "--from", "node-c"])?;
+    a.cli_ok(&[
+        "baseline",
+        "assign",
+        "mini-standard",
+        "--where",
+        "hostname IN ('node-a', 'node-c')",
+    ])?;
+    let drift = a.cli(&["drift"])?;
+    let text = String::from_utf8_lossy(&drift.stdout);
+    assert_eq!(
+        drift.status.code(),
+        Some(0),
+        "node-a and node-c must match their baseline:\n{text}"
+    );
+    assert!(
+        text.contains("node-a (") && text.contains(": matches"),
+        "drift output:\n{text}"
+    );
+    a.cli_ok(&[
+        "baseline",
+        "assign",
+        "mini-standard",
+        "--where",
+        "hostname LIKE 'node-%'",
+    ])?;
+    let drift = a.cli(&["drift", "--json"])?;
+    assert_eq!(
+        drift.status.code(),
+        Some(1),
+        "node-b deviates, so drift must exit 1"
+    );
+    let reports: serde_json::Value = serde_json::from_slice(&drift.stdout)?;
+    let b_report = reports
+        .as_array()
+        .and_then(|all| all.iter().find(|r| r["hostname"] == "node-b"))
+        .with_context(|| format!("no report for node-b: {reports}"))?;
+    let deviations = b_report["deviations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    // The Debian root has hundreds of packages the baseline lacks, and an sshd_config.
+    let extra_packages = deviations
+        .iter()
+        .filter(|d| d["kind"] == "packages" && d["action"] == "added")
+        .count();
+    assert!(
+        extra_packages > 100,
+        "node-b shows only {extra_packages} extra packages"
+    );
+    assert!(
+        deviations
+            .iter()
+            .any(|d| d["kind"] == "tracked_files" && d["item"] == "/etc/ssh/sshd_config"),
+        "node-b's sshd_config is not listed as a deviation"
+    );
+    stage("baselines and drift checked");
+
     // Fixing the file makes the check pass on the next collection, everywhere.
     set_permit_root_login(&b.root, "no")?;
     for observer in [&a, &c] {
