@@ -2,9 +2,9 @@
 //! they were scheduled.
 //!
 //! The binary heap holds only `(time, sequence number, slot)`, and the events themselves sit in
-//! a slab of reused slots. A message event is about 100 bytes, and a heap of small entries
-//! moves less memory on every push and pop. The order of events depends only on the time and
-//! the sequence number, never on which slot an event occupies.
+//! a slab of reused slots. An event that carries a message is several times larger than such
+//! an entry, so the heap moves less memory on every push and pop. The order of events depends
+//! only on the time and the sequence number, never on which slot an event occupies.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;

@@ -142,9 +142,9 @@ impl Template {
     }
 
     /// Returns the signed change `seq` of the node document `doc`, made with `make` the first
-    /// time any run of this process asks for it.
+    /// time any run of this process requests it.
     ///
-    /// Parsing and compressing a genesis of about 60 KB takes milliseconds, and a sweep would
+    /// Parsing and compressing a genesis change takes a few milliseconds, and a sweep would
     /// otherwise repeat that for every node in every seed. The cached change is the one `make`
     /// returns, because the patched bytes, the hash and the ed25519 signature depend only on
     /// the template, the document (which names the node and so its key) and `seq`.
