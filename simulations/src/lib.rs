@@ -6,6 +6,7 @@
 //! the measured figures.
 
 pub mod metrics;
+pub mod queue;
 pub mod report;
 pub mod scenario;
 pub mod sim;

@@ -12,6 +12,9 @@ use fleetmesh_sim::scenario::Scenario;
 use fleetmesh_sim::sim::{self, RunOptions};
 use fleetmesh_sim::templates::Templates;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "fleetmesh-sim",

@@ -9,8 +9,7 @@
 //! is the virtual time in milliseconds plus the node's clock offset.
 
 use std::cell::RefCell;
-use std::cmp::Ordering;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -25,8 +24,9 @@ use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
 
 use crate::metrics::{Metrics, Trace};
+use crate::queue::EventQueue;
 use crate::scenario::Scenario;
-use crate::store::{ChainIx, Disk, Fleet, SimStore, SimVerifier};
+use crate::store::{ChainIx, Disk, Fleet, NodeIdMap, SimStore, SimVerifier};
 use crate::templates::Templates;
 
 type SimEngine = Engine<SimStore, SimVerifier>;
@@ -158,30 +158,6 @@ enum Event {
     SafetyEnd,
 }
 
-struct Scheduled {
-    at: u64,
-    sequence: u64,
-    event: Event,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.sequence) == (other.at, other.sequence)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Scheduled {
-    fn cmp(&self, other: &Self) -> Ordering {
-        // Reversed: the heap pops the earliest event first.
-        (other.at, other.sequence).cmp(&(self.at, self.sequence))
-    }
-}
-
 /// Options of one run that do not come from the scenario file.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -208,9 +184,9 @@ pub struct Sim {
     nodes: Vec<Node>,
     links: Vec<Link>,
     sites: Vec<SiteState>,
-    node_of: HashMap<NodeId, u32>,
+    node_of: NodeIdMap<u32>,
     site_latency_us: Vec<Vec<u64>>,
-    queue: BinaryHeap<Scheduled>,
+    queue: EventQueue<Event>,
     sequence: u64,
     now: u64,
     safety: bool,
@@ -220,8 +196,9 @@ pub struct Sim {
     waiting: Vec<u32>,
     metrics: Metrics,
     trace: Option<Trace>,
-    /// Chains written since the last rebase.
-    dirty: BTreeMap<ChainIx, ()>,
+    /// Chains written since the last rebase, each with the index of the node that lacked its
+    /// latest change at the last check (0 before the first check).
+    dirty: BTreeMap<ChainIx, u32>,
     /// Changes written now are followed node by node.
     measuring: bool,
 }
@@ -290,7 +267,7 @@ impl Sim {
         let joining: usize = scenario.faults.joins.iter().map(|join| join.nodes).sum();
         let total = scenario.fleet.nodes + joining;
         let mut nodes = Vec::with_capacity(total);
-        let mut node_of = HashMap::with_capacity(total);
+        let mut node_of = NodeIdMap::default();
         let skew = drawn.clock_skew_ms;
         for index in 0..total {
             let existing = index < scenario.fleet.nodes;
@@ -350,7 +327,7 @@ impl Sim {
             sites,
             node_of,
             site_latency_us,
-            queue: BinaryHeap::new(),
+            queue: EventQueue::new(),
             sequence: 0,
             now: 0,
             safety: true,
@@ -452,11 +429,7 @@ impl Sim {
 
     fn schedule(&mut self, at: u64, event: Event) {
         self.sequence += 1;
-        self.queue.push(Scheduled {
-            at: at.max(self.now),
-            sequence: self.sequence,
-            event,
-        });
+        self.queue.push(at.max(self.now), self.sequence, event);
     }
 
     // Topology.
@@ -829,16 +802,21 @@ impl Sim {
 
     /// Records a message that carries data of a tenant the receiver does not replicate.
     fn check_isolation(&mut self, to: u32, message: &Message) {
-        let own = self.tenant_name(self.nodes[to as usize].tenant);
-        let foreign = match message {
-            Message::Summary { tenant, .. } | Message::Ranges { tenant, .. } => *tenant != own,
-            Message::Changes(changes) | Message::Repair(changes) => {
-                changes.iter().any(|change| change.doc().tenant != own)
+        let foreign = {
+            let fleet = self.fleet.borrow();
+            let own = &fleet.tenants[usize::from(self.nodes[to as usize].tenant)];
+            match message {
+                Message::Summary { tenant, .. } | Message::Ranges { tenant, .. } => tenant != own,
+                Message::Changes(changes) | Message::Repair(changes) => {
+                    changes.iter().any(|change| change.doc().tenant != *own)
+                }
+                Message::IHave { heads }
+                | Message::Graft { wants: heads }
+                | Message::Request { wants: heads } => {
+                    heads.iter().any(|head| head.doc.tenant != *own)
+                }
+                _ => false,
             }
-            Message::IHave { heads }
-            | Message::Graft { wants: heads }
-            | Message::Request { wants: heads } => heads.iter().any(|head| head.doc.tenant != own),
-            _ => false,
         };
         if foreign {
             self.metrics.violation(format!(
@@ -913,7 +891,7 @@ impl Sim {
             }
             None => return Ok(()),
         }
-        self.dirty.insert(chain, ());
+        self.dirty.entry(chain).or_insert(0);
 
         // Every other node of the tenant that has joined now misses one more change.
         let tenant = self.nodes[node as usize].tenant;
@@ -1059,8 +1037,8 @@ impl Sim {
     /// Moves every chain that all base-holding nodes hold at its latest sequence number into
     /// the shared base, so that per-node overlays stay small.
     fn rebase(&mut self) {
-        let dirty: Vec<ChainIx> = std::mem::take(&mut self.dirty).into_keys().collect();
-        for chain in dirty {
+        let dirty = std::mem::take(&mut self.dirty);
+        for (chain, lagged) in dirty {
             let (tenant, written, base_seq) = {
                 let fleet = self.fleet.borrow();
                 let entry = &fleet.chains[chain as usize];
@@ -1069,19 +1047,25 @@ impl Sim {
             if written == base_seq {
                 continue;
             }
-            let holders: Vec<&Node> = self
-                .nodes
-                .iter()
-                .filter(|node| node.tenant == tenant && node.disk.borrow().has_base)
-                .collect();
-            let all_hold = {
+
+            // Find a base-holding node of the tenant that lacks the latest change. The one
+            // found at the last check usually still lacks it, so it is tried first.
+            let lagging = {
                 let fleet = self.fleet.borrow();
-                holders
-                    .iter()
-                    .all(|node| node.disk.borrow().seq_of(&fleet, chain) == written)
+                let lacks = |index: usize| {
+                    let node = &self.nodes[index];
+                    let disk = node.disk.borrow();
+                    node.tenant == tenant && disk.has_base && disk.seq_of(&fleet, chain) != written
+                };
+                let lagged = lagged as usize;
+                if lagged < self.nodes.len() && lacks(lagged) {
+                    Some(lagged)
+                } else {
+                    (0..self.nodes.len()).find(|index| lacks(*index))
+                }
             };
-            if !all_hold {
-                self.dirty.insert(chain, ());
+            if let Some(index) = lagging {
+                self.dirty.insert(chain, index as u32);
                 continue;
             }
             let delta = self.fleet.borrow_mut().rebase(chain, written);
@@ -1100,20 +1084,20 @@ impl Sim {
     pub fn run(mut self) -> Result<Outcome> {
         let bound = (self.scenario.convergence.bound_s * SECOND as f64) as u64;
         let mut converged_at = None;
-        while let Some(next) = self.queue.pop() {
+        while let Some((at, sequence, event)) = self.queue.pop() {
             if !self.safety && converged_at.is_none() && self.all_converged() {
                 converged_at = Some(self.now);
                 break;
             }
-            if !self.safety && next.at > self.safety_end + bound {
+            if !self.safety && at > self.safety_end + bound {
                 break;
             }
-            self.now = next.at;
-            self.metrics.count_event(event_kind(&next.event));
+            self.now = at;
+            self.metrics.count_event(event_kind(&event));
             if let Some(trace) = self.trace.as_mut() {
-                trace.record(next.at, next.sequence, &next.event);
+                trace.record(at, sequence, &event);
             }
-            self.handle(next.event)?;
+            self.handle(event)?;
         }
         if converged_at.is_none() && !self.safety && self.all_converged() {
             converged_at = Some(self.now);

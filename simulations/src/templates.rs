@@ -16,8 +16,9 @@
 //! NOTE: the identity section and host name inside a patched document are the template's, so
 //! they name the template actor, not the node. The sync engine never reads them.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
 use automerge::transaction::Transactable;
@@ -26,6 +27,7 @@ use ed25519_dalek::SigningKey;
 use fleetmesh_model::facts::Package;
 use fleetmesh_model::{
     Change, ChangeHash, DocId, Facts, Identity, NodeDocument, NodeId, SignedChange, TenantId,
+    VerifyError,
 };
 use sha2::{Digest, Sha256};
 
@@ -69,6 +71,12 @@ pub struct Template {
     /// `chunks[0]` is the genesis (sequence number 1), `chunks[k]` is sequence number `k + 1`.
     chunks: Vec<Vec<u8>>,
     kinds: Vec<ChangeKind>,
+    /// Signed changes made from this template, by node document and sequence number, shared by
+    /// every run in the process.
+    signed: Mutex<HashMap<(DocId, u64), SignedChange>>,
+    /// Whether a change of this template's chains passed verification, by change hash,
+    /// signature and document, shared by every run in the process.
+    verified: Mutex<HashMap<(ChangeHash, Option<[u8; 64]>, DocId), bool>>,
 }
 
 impl Template {
@@ -131,6 +139,60 @@ impl Template {
         let digest: [u8; 32] = Sha256::digest(&bytes[8..]).into();
         bytes[4..8].copy_from_slice(&digest[..4]);
         Ok((bytes, ChangeHash(digest)))
+    }
+
+    /// Returns the signed change `seq` of the node document `doc`, made with `make` the first
+    /// time any run of this process requests it.
+    ///
+    /// Parsing and compressing a genesis change takes a few milliseconds, and a sweep would
+    /// otherwise repeat that for every node in every seed. The cached change is the one `make`
+    /// returns, because the patched bytes, the hash and the ed25519 signature depend only on
+    /// the template, the document (which names the node and so its key) and `seq`.
+    pub fn signed_change(
+        &self,
+        doc: &DocId,
+        seq: u64,
+        make: impl FnOnce() -> Result<SignedChange>,
+    ) -> Result<SignedChange> {
+        let key = (doc.clone(), seq);
+        if let Some(change) = self.lock_signed().get(&key) {
+            return Ok(change.clone());
+        }
+        // Two threads that miss at once both sign, and both get the same change.
+        let change = make()?;
+        self.lock_signed().insert(key, change.clone());
+        Ok(change)
+    }
+
+    fn lock_signed(&self) -> std::sync::MutexGuard<'_, HashMap<(DocId, u64), SignedChange>> {
+        self.signed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Verifies `change` with [`SignedChange::verify`], or returns the result that an earlier
+    /// call stored under `key` (the change's hash, signature and document).
+    pub fn verify_change(
+        &self,
+        key: (ChangeHash, Option<[u8; 64]>, DocId),
+        change: &SignedChange,
+    ) -> Result<(), VerifyError> {
+        let known = self
+            .verified
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&key)
+            .copied();
+        if known == Some(true) {
+            return Ok(());
+        }
+        // A rejected change is verified again for its error text.
+        let result = change.verify();
+        self.verified
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(key, result.is_ok());
+        result
     }
 }
 
@@ -345,6 +407,8 @@ fn build_template(index: usize, facts: Facts, chain_length: usize) -> Result<Tem
         actor,
         chunks,
         kinds,
+        signed: Mutex::new(HashMap::new()),
+        verified: Mutex::new(HashMap::new()),
     })
 }
 
