@@ -76,8 +76,11 @@ pub struct Template {
     signed: Mutex<HashMap<(DocId, u64), SignedChange>>,
     /// Whether a change of this template's chains passed verification, by change hash,
     /// signature and document, shared by every run in the process.
-    verified: Mutex<HashMap<(ChangeHash, Option<[u8; 64]>, DocId), bool>>,
+    verified: Mutex<HashMap<VerifiedKey, bool>>,
 }
+
+/// What a verification result depends on: the change hash, its signature and its document.
+type VerifiedKey = (ChangeHash, Option<[u8; 64]>, DocId);
 
 impl Template {
     /// Returns the number of changes in the chain, genesis included.
