@@ -8,11 +8,12 @@
 //! created or replaced) rewrites that section of that node. No change ever touches the rows of
 //! another node.
 //!
-//! The paths come from the operations of the new changes, each resolved to its path from the
-//! document root. That costs time in proportion to the change, where automerge's
-//! `diff(before, after)` scans every operation of the document. As an estimate, one such diff
-//! of a 700-package document took about 5 ms in a release build with automerge 0.12 on a
-//! 2-core machine. The diff patches remain the fallback when the operations cannot be resolved.
+//! The paths come from [`fleetmesh_model::history::changed_paths`]: the operations of the new
+//! changes, each resolved to its path from the document root. That costs time in proportion to
+//! the change, where automerge's `diff(before, after)` scans every operation of the document.
+//! As an estimate, one such diff of a 700-package document took about 5 ms in a release build
+//! with automerge 0.12 on a 2-core machine. The diff patches remain the fallback when the
+//! operations cannot be resolved.
 //!
 //! Tables and columns are documented in `crate::query::schema`, and a test keeps that
 //! description and the DDL below equal. When [`SCHEMA_VERSION`] differs from the version a store
@@ -24,12 +25,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use automerge::{legacy, AutoCommit, ObjId, ObjType, ReadDoc, ScalarValue, Value};
+use automerge::{AutoCommit, ObjId, ObjType, ReadDoc, ScalarValue, Value};
 use fleetmesh_model::facts::{
     Address, BlockDevice, CollectorError, Dns, Group, Hardware, Interface, ListeningSocket, Mount,
     Os, Package, Route, ScheduledTask, Service, System, TrackedFile, User,
 };
-use fleetmesh_model::{ChangeHash, Identity, NodeDocument, NodeId, Patch, PatchAction, Prop};
+use fleetmesh_model::{ChangeHash, Identity, NodeDocument, NodeId, Prop};
 use rusqlite::{params, Connection, Transaction};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value as Json};
@@ -340,10 +341,7 @@ pub fn apply_node_change(
         Touched::everything()
     } else {
         let heads = doc.heads();
-        match Touched::from_changes(doc.automerge(), before, &heads) {
-            Some(touched) => touched,
-            None => Touched::from_patches(&doc.diff(before, &heads)),
-        }
+        Touched::from_paths(&doc.changed_paths(before, &heads))
     };
     write_touched(tx, doc, &node, &touched)?;
 
@@ -403,10 +401,6 @@ fn node_id_text(doc: &NodeDocument) -> Result<String, MaterializeError> {
 
 // ---------------------------------------------------------------------------------------------
 // Which rows a change touches.
-
-/// Most changes [`Touched::from_changes`] reads before it leaves the work to a diff. The store
-/// applies one change at a time, so it normally reads one.
-const CHANGES_WALKED_MAX: usize = 256;
 
 /// Map sections of the facts whose items become rows of their own tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -530,67 +524,13 @@ impl Touched {
         }
     }
 
-    /// Collects what the changes between `before` and `heads` touch from their operations.
-    /// Returns `None` when a change or an object cannot be found, or when more than
-    /// [`CHANGES_WALKED_MAX`] changes lie between, so that the caller falls back to a diff.
-    fn from_changes(
-        doc: &AutoCommit,
-        before: &[ChangeHash],
-        heads: &[ChangeHash],
-    ) -> Option<Touched> {
-        let mut touched = Touched::default();
-        let mut seen: BTreeSet<ChangeHash> = before.iter().copied().collect();
-        let mut pending: Vec<ChangeHash> = heads.to_vec();
-        let mut walked = 0;
-        let mut props: Vec<Prop> = Vec::new();
-        while let Some(hash) = pending.pop() {
-            if !seen.insert(hash) {
-                continue;
-            }
-            walked += 1;
-            if walked > CHANGES_WALKED_MAX {
-                return None;
-            }
-            let change = ReadDoc::get_change_by_hash(doc, &hash)?;
-            pending.extend_from_slice(change.deps());
-
-            for op in change.decode().operations {
-                // The path of the object the operation writes, then the key it writes.
-                props.clear();
-                if let legacy::ObjectId::Id(id) = &op.obj {
-                    // NOTE: `import_obj` is hidden from automerge's documentation. It is the
-                    // only public way from a change's object id to the document's id in 0.12.
-                    let obj = doc.import_obj(&id.to_string()).ok()?;
-                    let parents = doc.parents(&obj).ok()?;
-                    props.extend(parents.path().into_iter().map(|(_, prop)| prop));
-                }
-                props.push(match op.key {
-                    legacy::Key::Map(key) => Prop::Map(key.to_string()),
-                    legacy::Key::Seq(_) => Prop::Seq(0),
-                });
-                let steps: Vec<Step<'_>> = props.iter().map(step).collect();
-                touched.add_path(&steps);
-            }
-        }
-        Some(touched)
-    }
-
-    /// Collects what a set of patches touches.
-    fn from_patches(patches: &[Patch]) -> Touched {
+    /// Collects what changes at `paths` (each from the document root) touch.
+    fn from_paths(paths: &[Vec<Prop>]) -> Touched {
         let mut touched = Touched::default();
         let mut steps = Vec::new();
-        for patch in patches {
+        for path in paths {
             steps.clear();
-            steps.extend(patch.path.iter().map(|(_, prop)| step(prop)));
-            match &patch.action {
-                PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key } => {
-                    steps.push(Step::Key(key));
-                }
-                PatchAction::Conflict { prop } | PatchAction::Increment { prop, .. } => {
-                    steps.push(step(prop));
-                }
-                _ => {}
-            }
+            steps.extend(path.iter().map(step));
             touched.add_path(&steps);
         }
         touched
@@ -1345,10 +1285,29 @@ mod tests {
         edit(facts);
         doc.record(identity, facts, 1).expect("record");
         let heads = doc.heads();
-        let from_ops =
-            Touched::from_changes(doc.automerge(), &before, &heads).expect("operations resolve");
-        let from_diff = Touched::from_patches(&doc.diff(&before, &heads));
+        let from_ops = Touched::from_paths(&doc.changed_paths(&before, &heads));
+        let from_diff = Touched::from_paths(&patch_paths(&doc.diff(&before, &heads)));
         (from_ops, from_diff)
+    }
+
+    /// Returns the path from the root that each patch writes.
+    fn patch_paths(patches: &[fleetmesh_model::Patch]) -> Vec<Vec<Prop>> {
+        use fleetmesh_model::PatchAction;
+        let mut out = Vec::new();
+        for patch in patches {
+            let mut path: Vec<Prop> = patch.path.iter().map(|(_, prop)| prop.clone()).collect();
+            match &patch.action {
+                PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key } => {
+                    path.push(Prop::Map(key.clone()));
+                }
+                PatchAction::Conflict { prop } | PatchAction::Increment { prop, .. } => {
+                    path.push(prop.clone());
+                }
+                _ => {}
+            }
+            out.push(path);
+        }
+        out
     }
 
     #[test]
