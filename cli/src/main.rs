@@ -1,11 +1,13 @@
 //! The `fleetmesh` command: runs a node (`up`) and reads the local replica (`nodes`, `show`,
-//! `query`, `schema`), or prints this machine's facts without a mesh (`collect`).
+//! `query`, `schema`, `history`, `diff`), or prints this machine's facts without a mesh
+//! (`collect`).
 //!
 //! Every failure ends in one line on standard error that names the value and the fix, and a
 //! non-zero exit status.
 
 mod commands;
 mod paths;
+mod times;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +39,10 @@ enum Command {
     Query(commands::read::QueryArgs),
     /// Print the tables and columns that `query` can read.
     Schema(commands::read::SchemaArgs),
+    /// Print what each change of one node did, newest first.
+    History(commands::history::HistoryArgs),
+    /// Compare a node's facts at two times, or two nodes; exit status 1 when they differ.
+    Diff(commands::diff::DiffArgs),
     /// Print this machine's facts without joining a mesh.
     Collect(commands::collect::CollectArgs),
     /// Create the fleet root key and join tokens, or revoke members.
@@ -65,6 +71,8 @@ fn main() -> ExitCode {
         Command::Show(args) => commands::read::show(&data_dir, args),
         Command::Query(args) => commands::read::query(&data_dir, args),
         Command::Schema(args) => commands::read::schema(args),
+        Command::History(args) => commands::history::run(&data_dir, args),
+        Command::Diff(args) => commands::diff::run(&data_dir, args),
         Command::Collect(args) => commands::collect::run(args),
         Command::Fleet(args) => commands::fleet::run(&data_dir, args),
         Command::Join(args) => commands::join::run(&data_dir, args),

@@ -283,6 +283,16 @@ impl NodeDocument {
         Ok(out)
     }
 
+    /// Lists the paths from the root that the changes between `before` and `after` write, as
+    /// [`history::changed_paths`] finds them.
+    pub fn changed_paths(
+        &mut self,
+        before: &[ChangeHash],
+        after: &[ChangeHash],
+    ) -> Vec<Vec<automerge::Prop>> {
+        history::changed_paths(&mut self.doc, before, after)
+    }
+
     /// Lists what each of the owner's changes did, oldest first.
     pub fn history(&mut self) -> Result<Vec<ChangeRecord>, DocumentError> {
         let owner = ActorId::from(self.id.key.to_vec());

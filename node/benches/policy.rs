@@ -73,7 +73,8 @@ fn bench_policy(c: &mut Criterion) {
     };
     let tenant = TenantId::new("acme").expect("valid tenant name");
     let mut doc = NodeDocument::new(tenant, node);
-    doc.record(&identity, &facts, T0).expect("record the collection");
+    doc.record(&identity, &facts, T0)
+        .expect("record the collection");
 
     let dir = tempfile::tempdir().expect("temporary directory");
     let db = dir.path().join("fleetmesh.db");
@@ -102,7 +103,11 @@ fn bench_policy(c: &mut Criterion) {
     let node_text = node.to_string();
     let results = evaluate(&node_fact_tables(&db, &node_text).expect("copy"), &policies);
     for (key, result) in &results {
-        println!("{key}: {} ({} rows)", result.status.as_str(), result.failing_count);
+        println!(
+            "{key}: {} ({} rows)",
+            result.status.as_str(),
+            result.failing_count
+        );
     }
 
     let mut group = c.benchmark_group("policy");

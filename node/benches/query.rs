@@ -10,7 +10,9 @@
 //! - `apply_change/package_upgrade`: materializing one package upgrade of one node, inside an
 //!   open transaction, as the store does for each change (budget 5 ms);
 //! - `apply_change/package_upgrade_with_commit`: the same plus the commit, in WAL mode with
-//!   `synchronous = FULL` as the store runs it.
+//!   `synchronous = FULL` as the store runs it;
+//! - `apply_change/package_upgrade_fact_changes`: the part of `package_upgrade` that finds
+//!   what the change did to the facts, for its rows in the `changes` table.
 //!
 //! Run with `cargo bench -p fleetmesh-node --bench query`. Building the fleet takes a while
 //! and writes a database of about 1 GB to the temporary directory.
@@ -309,6 +311,33 @@ fn benches(c: &mut Criterion) {
                 apply_node_change(&tx, &mut node.doc, &before, T0 + 1).expect("apply");
                 tx.commit().expect("commit");
                 total += start.elapsed();
+            }
+            total
+        })
+    });
+    // A fresh copy of the node upgrades a different package each round, as a real machine
+    // does, so that no key collects the thousands of versions the benchmarks above give openssl.
+    let mut fresh = MeasuredNode::new(&packages);
+    fresh
+        .doc
+        .record(&fresh.identity, &fresh.facts, T0)
+        .expect("record the fresh node");
+    let keys: Vec<String> = fresh.facts.packages.keys().cloned().collect();
+    group.bench_function("package_upgrade_fact_changes", |b| {
+        b.iter_custom(|iterations| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iterations {
+                round += 1;
+                let key = &keys[usize::try_from(round).unwrap_or(0) % keys.len()];
+                let before = fresh.upgrade(key, round);
+                let heads = fresh.doc.heads();
+                let start = Instant::now();
+                let facts = fresh
+                    .doc
+                    .fact_changes(&before, &heads)
+                    .expect("fact changes");
+                total += start.elapsed();
+                assert_eq!(facts.len(), 1, "one upgrade is one fact");
             }
             total
         })

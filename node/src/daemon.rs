@@ -35,6 +35,10 @@ use crate::policy;
 use crate::store::{Store, StoreError};
 use crate::sync::{self, Action, Engine, LocalInfo, Message, PeerInfo};
 
+/// Time between two deletions of `changes` rows older than the history retention window. The
+/// first runs at start.
+const HISTORY_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+
 /// Name of the status file the daemon keeps in its data directory.
 pub const STATUS_FILE: &str = "status.json";
 
@@ -65,6 +69,9 @@ pub struct NodeConfig {
     pub extra_tracked_files: Vec<String>,
     /// Seconds between anti-entropy rounds.
     pub anti_entropy_interval: Duration,
+    /// How long rows of the `changes` table are kept; `None` keeps them all. Signed changes
+    /// are never deleted.
+    pub history_retention: Option<Duration>,
 }
 
 impl NodeConfig {
@@ -89,6 +96,7 @@ impl NodeConfig {
             site: None,
             extra_tracked_files: Vec::new(),
             anti_entropy_interval: Duration::from_secs(30),
+            history_retention: None,
         }
     }
 }
@@ -408,6 +416,7 @@ impl Node {
         let mut collect_timer = tokio::time::interval(config.interval);
         collect_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut maintain_timer = tokio::time::interval(Duration::from_millis(500));
+        let mut history_timer = tokio::time::interval(HISTORY_PRUNE_INTERVAL);
         tokio::pin!(shutdown);
 
         loop {
@@ -441,6 +450,9 @@ impl Node {
                 _ = maintain_timer.tick() => {
                     state.redial(&mut swarm);
                     state.take_external_changes(&mut swarm, &mut engine);
+                }
+                _ = history_timer.tick(), if config.history_retention.is_some() => {
+                    prune_history(engine.store(), config.history_retention);
                 }
             }
             state.drain_actions(&mut swarm, &mut engine);
@@ -1439,6 +1451,25 @@ fn is_dialable(address: &Multiaddr) -> bool {
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Deletes the `changes` rows older than `retention` before now, if a retention is set.
+fn prune_history(store: &Store, retention: Option<Duration>) {
+    let Some(retention) = retention else {
+        return;
+    };
+    let window = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
+    let cutoff = unix_now().saturating_sub(window);
+    match store.prune_history(cutoff) {
+        Ok(0) => debug!(cutoff, "no history rows older than the retention window"),
+        Ok(deleted) => info!(
+            deleted,
+            cutoff, "deleted history rows older than the retention window"
+        ),
+        Err(err) => {
+            warn!(error = %err, "deleting history rows older than the retention window failed")
+        }
+    }
 }
 
 /// Returns the current time in seconds since the Unix epoch.

@@ -7,10 +7,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use fleetmesh_model::facts::{Address, Group, Interface, Package, Service, User};
+use fleetmesh_model::facts::{Address, Group, Interface, Package, Service, TrackedFile, User};
 use fleetmesh_model::{ChangeHash, Facts, Identity, NodeDocument, NodeId, TenantId};
 use fleetmesh_node::store::materialize::{
-    apply_node_change, clear_connected, create_tables, rebuild_node, set_peer_status, FACT_TABLES,
+    apply_node_change, clear_connected, create_tables, delete_changes_before, rebuild_node,
+    set_peer_status, FACT_TABLES,
 };
 use rusqlite::Connection;
 
@@ -277,9 +278,9 @@ fn package_upgrade_rewrites_only_its_row() {
     let rows_written = node.record(&mut conn, &facts, T0 + 60);
     let after = snapshot(&conn);
 
-    // Only the openssl row and the node's last_change differ.
+    // Only the openssl row and the node's last_change differ, and the history gains a row.
     for table in FACT_TABLES {
-        if table == "packages" || table == "nodes" {
+        if table == "packages" || table == "nodes" || table == "changes" {
             continue;
         }
         assert_eq!(before[table], after[table], "table {table} changed");
@@ -294,9 +295,20 @@ fn package_upgrade_rewrites_only_its_row() {
     let last_change = count(&conn, "SELECT last_change FROM nodes");
     assert_eq!(last_change, T0 + 60);
 
+    let new_history: Vec<_> = after["changes"]
+        .iter()
+        .filter(|row| !before["changes"].contains(row))
+        .collect();
+    assert_eq!(new_history.len(), 1, "new changes rows: {new_history:?}");
+    assert!(
+        new_history[0].contains("3.0.13-1~deb12u1"),
+        "{}",
+        new_history[0]
+    );
+
     // Incremental: a handful of row writes, not the 301 package rows.
     assert!(
-        rows_written <= 6,
+        rows_written <= 7,
         "{rows_written} rows written for one upgrade"
     );
 }
@@ -614,5 +626,144 @@ fn fixture_dpkg_packages_materialize() {
         .filter(|r| !before["packages"].contains(r))
         .count();
     assert_eq!(changed, 1);
-    assert!(written <= 6, "{written} rows written for one upgrade");
+    // The package row, the count and time in the node row, and one history row.
+    assert!(written <= 7, "{written} rows written for one upgrade");
+}
+
+/// One row of the `changes` table, as text columns.
+#[derive(Debug)]
+struct HistoryRow {
+    seq: i64,
+    time: i64,
+    kind: String,
+    item: Option<String>,
+    field: Option<String>,
+    action: String,
+    old_value: Option<String>,
+    new_value: Option<String>,
+    lines: Option<String>,
+}
+
+fn history_rows(conn: &Connection, node: &str) -> Vec<HistoryRow> {
+    conn.prepare(
+        "SELECT seq, time, kind, item, field, action, old_value, new_value, lines
+         FROM changes WHERE node_id = ?1 ORDER BY seq, rowid",
+    )
+    .expect("prepare")
+    .query_map([node], |r| {
+        Ok(HistoryRow {
+            seq: r.get(0)?,
+            time: r.get(1)?,
+            kind: r.get(2)?,
+            item: r.get(3)?,
+            field: r.get(4)?,
+            action: r.get(5)?,
+            old_value: r.get(6)?,
+            new_value: r.get(7)?,
+            lines: r.get(8)?,
+        })
+    })
+    .expect("query")
+    .collect::<Result<_, _>>()
+    .expect("rows")
+}
+
+fn sshd_config(content: &str) -> TrackedFile {
+    TrackedFile {
+        exists: true,
+        mode: Some("0644".to_string()),
+        content: Some(content.to_string()),
+        ..TrackedFile::default()
+    }
+}
+
+#[test]
+fn changes_table_records_upgrade_and_file_edit() {
+    let mut conn = open();
+    let mut node = TestNode::new(12, "h1");
+    let mut facts = base_facts("h1", &[package("openssl", "3.0.11-1", "amd64")]);
+    facts.tracked_files.insert(
+        "/etc/ssh/sshd_config".to_string(),
+        sshd_config("Port 22\nPermitRootLogin yes\n"),
+    );
+    node.record(&mut conn, &facts, T0);
+
+    // The first change adds each item; a new file's text is stored as added lines only.
+    let first = history_rows(&conn, &node.id());
+    assert!(first.iter().all(|row| row.seq == 1 && row.time == T0));
+    assert!(first.iter().all(|row| row.action == "added"));
+    let file = first
+        .iter()
+        .find(|row| row.kind == "tracked_files")
+        .expect("a row for the tracked file");
+    assert_eq!(file.item.as_deref(), Some("/etc/ssh/sshd_config"));
+    let new_value = file.new_value.as_deref().expect("the file's fields");
+    assert!(!new_value.contains("content"), "{new_value}");
+    assert!(new_value.contains("0644"), "{new_value}");
+    let lines: serde_json::Value =
+        serde_json::from_str(file.lines.as_deref().expect("lines")).expect("JSON lines");
+    assert_eq!(lines[1]["op"], "+");
+    assert_eq!(lines[1]["text"], "PermitRootLogin yes");
+
+    facts
+        .packages
+        .get_mut("openssl:amd64")
+        .expect("openssl")
+        .version = "3.0.13-1".to_string();
+    facts.tracked_files.insert(
+        "/etc/ssh/sshd_config".to_string(),
+        sshd_config("Port 22\nPermitRootLogin no\n"),
+    );
+    node.record(&mut conn, &facts, T0 + 60);
+
+    let second: Vec<HistoryRow> = history_rows(&conn, &node.id())
+        .into_iter()
+        .filter(|row| row.seq == 2)
+        .collect();
+    assert_eq!(second.len(), 2, "{second:?}");
+    let upgrade = &second[0];
+    assert_eq!(upgrade.time, T0 + 60);
+    assert_eq!(upgrade.kind, "packages");
+    assert_eq!(upgrade.item.as_deref(), Some("openssl:amd64"));
+    assert_eq!(upgrade.field.as_deref(), Some("version"));
+    assert_eq!(upgrade.action, "changed");
+    assert_eq!(upgrade.old_value.as_deref(), Some("\"3.0.11-1\""));
+    assert_eq!(upgrade.new_value.as_deref(), Some("\"3.0.13-1\""));
+    assert_eq!(upgrade.lines, None);
+
+    let edit = &second[1];
+    assert_eq!(edit.kind, "tracked_files");
+    assert_eq!(edit.field.as_deref(), Some("content"));
+    assert_eq!(edit.old_value, None);
+    assert_eq!(edit.new_value, None);
+    let lines: serde_json::Value =
+        serde_json::from_str(edit.lines.as_deref().expect("lines")).expect("JSON lines");
+    assert_eq!(
+        lines,
+        serde_json::json!([
+            {"op": "-", "line": 2, "text": "PermitRootLogin yes"},
+            {"op": "+", "line": 2, "text": "PermitRootLogin no"},
+        ])
+    );
+}
+
+#[test]
+fn changes_older_than_cutoff_are_deleted() {
+    let mut conn = open();
+    let mut node = TestNode::new(13, "h2");
+    let mut facts = base_facts("h2", &[package("openssl", "3.0.11-1", "amd64")]);
+    node.record(&mut conn, &facts, T0);
+    facts.os.pretty_name = Some("Debian GNU/Linux 12.5".to_string());
+    node.record(&mut conn, &facts, T0 + 100);
+    let packages_before = count(&conn, "SELECT count(*) FROM packages");
+
+    let deleted = delete_changes_before(&conn, T0 + 100).expect("delete");
+    assert!(deleted > 1, "{deleted} rows deleted");
+    let left = history_rows(&conn, &node.id());
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].seq, 2);
+    assert_eq!(
+        count(&conn, "SELECT count(*) FROM packages"),
+        packages_before
+    );
 }

@@ -26,6 +26,7 @@ use rand::rngs::OsRng;
 use zeroize::Zeroizing;
 
 use super::operator::{self, unix_now};
+use crate::times::parse_duration_secs;
 
 /// Environment variable that supplies the fleet key passphrase.
 const PASSPHRASE_ENV: &str = "FLEETMESH_FLEET_PASSPHRASE";
@@ -93,11 +94,11 @@ struct TokenArgs {
     tenants: Vec<String>,
 
     /// How long the token can enroll machines, as a number and a unit (s, m, h, d, w), e.g. 24h.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_secs)]
     expires: i64,
 
     /// How long certificates of machines enrolled with this token stay valid, counted from now.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "365d")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_secs, default_value = "365d")]
     valid_for: i64,
 
     #[command(flatten)]
@@ -295,30 +296,6 @@ fn parse_target(text: &str, enrolled_after: Option<i64>) -> anyhow::Result<Revoc
     )
 }
 
-/// Parses a duration such as `90s`, `30m`, `24h`, `7d` or `2w` into seconds.
-fn parse_duration(text: &str) -> Result<i64, String> {
-    let invalid = || {
-        format!("invalid duration {text:?}: use a positive number and a unit (s, m, h, d or w), e.g. 30m, 24h or 7d")
-    };
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(invalid)?;
-    let (number, unit) = text.split_at(split);
-    let number: i64 = number.parse().map_err(|_| invalid())?;
-    let unit_secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        _ => return Err(invalid()),
-    };
-    match number.checked_mul(unit_secs) {
-        Some(secs) if secs > 0 => Ok(secs),
-        _ => Err(invalid()),
-    }
-}
-
 /// Reads the passphrase for the key file at `path`. With `confirm`, a terminal prompt reads it
 /// twice and requires both entries to match.
 fn read_passphrase(path: &Path, confirm: bool) -> anyhow::Result<Zeroizing<String>> {
@@ -381,38 +358,6 @@ fn trim_line_end(line: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn duration_units() {
-        assert_eq!(parse_duration("90s"), Ok(90));
-        assert_eq!(parse_duration("30m"), Ok(1800));
-        assert_eq!(parse_duration("24h"), Ok(86_400));
-        assert_eq!(parse_duration("7d"), Ok(604_800));
-        assert_eq!(parse_duration("2w"), Ok(1_209_600));
-    }
-
-    #[test]
-    fn duration_rejects_bad_input() {
-        for text in [
-            "",
-            "24",
-            "h",
-            "0h",
-            "-1h",
-            "1.5h",
-            "24 h",
-            "24hours",
-            "99999999999999999999d",
-        ] {
-            let err = parse_duration(text).unwrap_err();
-            assert!(err.contains("e.g. 30m"), "{text:?}: {err}");
-        }
-    }
-
-    #[test]
-    fn duration_rejects_overflow() {
-        assert!(parse_duration(&format!("{}w", i64::MAX / 2)).is_err());
-    }
 
     #[test]
     fn line_end_trimmed_once() {

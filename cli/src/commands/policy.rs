@@ -24,7 +24,7 @@ use fleetmesh_node::store::{self, Store};
 use rusqlite::Connection;
 use serde_json::{json, Value as Json};
 
-use super::operator;
+use super::{operator, read};
 
 /// Options of `fleetmesh policy`.
 #[derive(Args, Debug)]
@@ -253,7 +253,7 @@ fn remove(
 
 fn set_baseline(data_dir: &Path, args: SetArgs) -> anyhow::Result<ExitCode> {
     let mut op = operator::open(data_dir, args.tenant.as_deref(), "baseline set")?;
-    let conn = open_read(data_dir)?;
+    let conn = read::open(data_dir)?;
     let (node, mut doc) = node_document(&conn, &args.from)?;
     let facts = doc.facts(None)?;
     let taken_at = doc.last_change_time().unwrap_or(op.now);
@@ -290,7 +290,7 @@ fn assign(data_dir: &Path, args: AssignArgs) -> anyhow::Result<ExitCode> {
             args.name
         );
     }
-    let conn = open_read(data_dir)?;
+    let conn = read::open(data_dir)?;
     let selected = assigned_nodes(&conn, &op.tenant, &args.where_sql).with_context(|| {
         format!(
             "--where {:?} is not a valid condition on the nodes table",
@@ -445,7 +445,7 @@ fn list_baselines(data_dir: &Path, args: ListArgs) -> anyhow::Result<ExitCode> {
 
 fn test(data_dir: &Path, args: TestArgs) -> anyhow::Result<ExitCode> {
     let policy = evaluation::load_policy_file(&args.file)?;
-    let conn = open_read(data_dir)?;
+    let conn = read::open(data_dir)?;
     let node = match &args.node {
         Some(selector) => query::show_node(&conn, selector)?.node_id,
         None => {
@@ -490,7 +490,7 @@ fn test(data_dir: &Path, args: TestArgs) -> anyhow::Result<ExitCode> {
 /// Runs `fleetmesh drift`: every assigned node's deviations from its baselines. Exits 1 when
 /// any node deviates.
 pub fn drift(data_dir: &Path, args: DriftArgs) -> anyhow::Result<ExitCode> {
-    let conn = open_read(data_dir)?;
+    let conn = read::open(data_dir)?;
     let mut reports = Vec::new();
     for (tenant, doc) in read_policy_documents(data_dir, args.tenant.as_deref())? {
         let (baselines, _) = doc.records::<Baseline>(RecordKind::Baseline);
@@ -595,7 +595,7 @@ fn short_value(value: &Json) -> String {
 /// Runs `fleetmesh compliance`: the fleet's policy results. Exits 1 when a check fails or
 /// cannot run on some node.
 pub fn compliance(data_dir: &Path, args: ComplianceArgs) -> anyhow::Result<ExitCode> {
-    let conn = open_read(data_dir)?;
+    let conn = read::open(data_dir)?;
     let documents = read_policy_documents(data_dir, args.tenant.as_deref())?;
 
     // Every check every node of the tenant should report, so that missing results show.
@@ -793,28 +793,11 @@ fn assigned_nodes(
         .collect())
 }
 
-fn open_read(data_dir: &Path) -> anyhow::Result<Connection> {
-    drop(Store::open_read_only(data_dir)?);
-    Ok(query::open_read_only(&data_dir.join(store::DB_FILE))?)
-}
-
 /// Finds a node by selector and rebuilds its document from the store.
 fn node_document(conn: &Connection, selector: &str) -> anyhow::Result<(NodeId, NodeDocument)> {
-    let summary = query::show_node(conn, selector)?;
-    let node: NodeId = summary
-        .node_id
-        .parse()
-        .with_context(|| format!("the store lists an invalid node id {}", summary.node_id))?;
-    let tenant: TenantId = summary
-        .tenant
-        .clone()
-        .unwrap_or_default()
-        .parse()
-        .with_context(|| {
-            format!("node {node} has no facts in the local replica yet; wait for it to sync")
-        })?;
-    let doc = store::read_document(conn, &DocId::node(tenant, node))?;
-    Ok((node, doc))
+    let (_, id) = read::find_node(conn, selector)?;
+    let doc = store::read_document(conn, &id)?;
+    Ok((NodeId(id.key), doc))
 }
 
 fn kind_name(kind: RecordKind) -> &'static str {

@@ -9,8 +9,10 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use fleetmesh_model::{DocId, NodeId, TenantId};
 use fleetmesh_node::daemon::unix_now;
-use fleetmesh_node::query::{self, Format, QueryOptions};
+use fleetmesh_node::query::{self, Format, NodeSummary, QueryOptions};
 use fleetmesh_node::store::{self, Store};
+
+use crate::times::parse_duration;
 
 /// Options of `fleetmesh nodes`.
 #[derive(Args, Debug)]
@@ -79,32 +81,9 @@ pub struct SchemaArgs {
     json: bool,
 }
 
-/// Parses durations such as `90s`, `30m`, `6h`, `7d`, `2w`; a bare number means seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let invalid = || {
-        format!("invalid duration {text:?}: use a number with s, m, h, d or w, such as 30m or 7d")
-    };
-    let value: u64 = number.parse().map_err(|_| invalid())?;
-    let seconds = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 604_800,
-        _ => return Err(invalid()),
-    };
-    value
-        .checked_mul(seconds)
-        .map(Duration::from_secs)
-        .ok_or_else(invalid)
-}
-
-fn open(data_dir: &Path) -> anyhow::Result<rusqlite::Connection> {
+/// Opens the store's fact tables read-only, after checking that the data directory contains a
+/// fleetmesh store.
+pub(crate) fn open(data_dir: &Path) -> anyhow::Result<rusqlite::Connection> {
     // Checks that this is a fleetmesh store before the query layer opens it.
     drop(Store::open_read_only(data_dir)?);
     Ok(query::open_read_only(&data_dir.join(store::DB_FILE))?)
@@ -183,10 +162,13 @@ fn print_table<const N: usize>(rows: &[[String; N]]) {
     }
 }
 
-/// Prints one node's identity and facts.
-pub fn show(data_dir: &Path, args: ShowArgs) -> anyhow::Result<ExitCode> {
-    let conn = open(data_dir)?;
-    let summary = query::show_node(&conn, &args.node)?;
+/// Finds one node by node id, unique node id prefix or host name, and returns its summary and
+/// the id of its document.
+pub(crate) fn find_node(
+    conn: &rusqlite::Connection,
+    selector: &str,
+) -> anyhow::Result<(NodeSummary, DocId)> {
+    let summary = query::show_node(conn, selector)?;
     let node: NodeId = summary
         .node_id
         .parse()
@@ -197,8 +179,15 @@ pub fn show(data_dir: &Path, args: ShowArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_default()
         .parse()
         .with_context(|| format!("node {node} has an invalid tenant in the store"))?;
+    Ok((summary, DocId::node(tenant, node)))
+}
+
+/// Prints one node's identity and facts.
+pub fn show(data_dir: &Path, args: ShowArgs) -> anyhow::Result<ExitCode> {
+    let conn = open(data_dir)?;
+    let (summary, doc_id) = find_node(&conn, &args.node)?;
     let data = store::Store::open_read_only(data_dir)?;
-    let doc = store::read_document(&data, &DocId::node(tenant, node))?;
+    let doc = store::read_document(&data, &doc_id)?;
     let document = doc.to_json(None)?;
     if args.json {
         let out = serde_json::json!({ "summary": summary, "document": document });
@@ -295,24 +284,4 @@ pub fn schema(args: SchemaArgs) -> anyhow::Result<ExitCode> {
         println!();
     }
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parse_duration_units() {
-        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
-        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
-    }
-
-    #[test]
-    fn parse_duration_rejects_bad_units() {
-        let err = parse_duration("5 parsecs").unwrap_err();
-        assert!(err.contains("5 parsecs"), "{err}");
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("99999999999999999999w").is_err());
-    }
 }

@@ -12,6 +12,8 @@ use fleetmesh_node::daemon::{Node, NodeConfig};
 use fleetmesh_node::net::DEFAULT_PORT;
 use libp2p::Multiaddr;
 
+use crate::times::parse_duration;
+
 /// Options of `fleetmesh up`.
 #[derive(Args, Debug)]
 pub struct UpArgs {
@@ -54,6 +56,12 @@ pub struct UpArgs {
     /// File to track on top of the default list (repeatable).
     #[arg(long = "track", value_name = "PATH")]
     track: Vec<String>,
+
+    /// Keep rows of the `changes` table (what `history` prints) for this long, such as 90d;
+    /// older rows are deleted at start and every hour. Signed changes are always kept.
+    /// [default: keep every row]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    history_retention: Option<Duration>,
 }
 
 /// Parses a `--peer` or `--listen` value.
@@ -98,6 +106,7 @@ pub fn run(data_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
     config.tenant = args.tenant;
     config.site = args.site;
     config.extra_tracked_files = args.track;
+    config.history_retention = args.history_retention;
 
     let advertised = config
         .listen

@@ -28,6 +28,7 @@
 
 mod format;
 mod functions;
+mod history;
 mod nodes;
 mod schema;
 pub mod version;
@@ -44,6 +45,7 @@ use serde_json::Value as Json;
 
 pub use format::{format_result, Format, UnknownFormat, TABLE_CELL_WIDTH_MAX};
 pub use functions::register_functions;
+pub use history::node_history;
 pub use nodes::{list_nodes, show_node, NodeSummary};
 pub use schema::{schema, schema_markdown, ColumnDoc, TableDoc};
 

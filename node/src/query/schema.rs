@@ -321,6 +321,29 @@ pub fn schema() -> Vec<TableDoc> {
                 ("error", "TEXT", "Why the query could not run, for error."),
             ],
         ),
+        table(
+            "changes",
+            "One row per fact that one change of a node added, removed or changed: the node's \
+             history, as `fleetmesh history` prints it. Within one change, rowid order is the \
+             order of its facts. Values are JSON text; use json_extract(old_value, '$') for the \
+             plain value. Tracked file contents are stored as line edits only: a changed \
+             `content` field has NULL old_value and new_value, and a tracked file that appears \
+             or disappears is stored without its content, which is in lines. \
+             `fleetmesh up --history-retention` deletes rows older than its window.",
+            &[
+                NODE_ID,
+                ("seq", "INTEGER", "The node's sequence number of the change, from 1."),
+                ("time", "INTEGER", "Commit time of the change, Unix seconds, by the node's clock."),
+                ("change_hash", "TEXT", "Automerge hash of the change, lower-case hex."),
+                ("kind", "TEXT", "Fact kind: a section of the facts (packages, os, tracked_files, block_devices, ...), identity or compliance."),
+                ("item", "TEXT", "Item within the kind: a collection key (openssl:amd64, /etc/ssh/sshd_config) or a field of a single-valued section (kernel_release)."),
+                ("field", "TEXT", "Field within the item, dotted for nested fields; NULL when the whole item was added or removed."),
+                ("action", "TEXT", "added, removed or changed."),
+                ("old_value", "TEXT", "Value before the change as JSON; NULL for added facts and for tracked file contents."),
+                ("new_value", "TEXT", "Value after the change as JSON; NULL for removed facts and for tracked file contents."),
+                ("lines", "TEXT", "For text that changed, the differing lines as a JSON array of {op, line, text}: op is - for a line of the old text and + for a line of the new text, line counts from 1 in that text; NULL otherwise."),
+            ],
+        ),
     ]
 }
 

@@ -8,11 +8,16 @@
 //! created or replaced) rewrites that section of that node. No change ever touches the rows of
 //! another node.
 //!
-//! The paths come from the operations of the new changes, each resolved to its path from the
-//! document root. That costs time in proportion to the change, where automerge's
-//! `diff(before, after)` scans every operation of the document. As an estimate, one such diff
-//! of a 700-package document took about 5 ms in a release build with automerge 0.12 on a
-//! 2-core machine. The diff patches remain the fallback when the operations cannot be resolved.
+//! The paths come from [`fleetmesh_model::history::changed_paths`]: the operations of the new
+//! changes, each resolved to its path from the document root. That costs time in proportion to
+//! the change, where automerge's `diff(before, after)` scans every operation of the document.
+//! As an estimate, one such diff of a 700-package document took about 5 ms in a release build
+//! with automerge 0.12 on a 2-core machine. The diff patches remain the fallback when the
+//! operations cannot be resolved.
+//!
+//! The `changes` table is the exception to "one row per current fact": it gets one row per fact
+//! that each change of the node changed, appended in the same transaction, so it records the
+//! node's history rather than its state. [`delete_changes_before`] trims it.
 //!
 //! Tables and columns are documented in `crate::query::schema`, and a test keeps that
 //! description and the DDL below equal. When [`SCHEMA_VERSION`] differs from the version a store
@@ -24,14 +29,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use automerge::{legacy, AutoCommit, ObjId, ObjType, ReadDoc, ScalarValue, Value};
+use automerge::{ActorId, AutoCommit, ObjId, ObjType, ReadDoc, ScalarValue, Value};
 use fleetmesh_model::document::COMPLIANCE_SECTION;
 use fleetmesh_model::facts::{
     Address, BlockDevice, CollectorError, Dns, Group, Hardware, Interface, ListeningSocket, Mount,
     Os, Package, Route, ScheduledTask, Service, System, TrackedFile, User,
 };
+use fleetmesh_model::history::line_diff;
 use fleetmesh_model::{
-    ChangeHash, ComplianceResult, Identity, NodeDocument, NodeId, Patch, PatchAction, Prop,
+    ChangeHash, ComplianceResult, FactChange, Identity, NodeDocument, NodeId, Prop,
 };
 use rusqlite::{params, Connection, Transaction};
 use serde::de::DeserializeOwned;
@@ -39,7 +45,7 @@ use serde_json::{Map, Value as Json};
 
 /// Version of the fact tables' layout. A store that recorded another version must drop and
 /// rebuild them.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Errors from updating the fact tables.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +63,15 @@ pub enum MaterializeError {
         #[source]
         source: Box<automerge::AutomergeError>,
     },
+    /// Reading what a change did to the facts failed.
+    #[error("reading the history of {doc} for the changes table failed: {source}")]
+    History {
+        /// The document id.
+        doc: String,
+        /// The model's error, boxed because it is large.
+        #[source]
+        source: Box<fleetmesh_model::DocumentError>,
+    },
     /// Only node documents have fact rows.
     #[error("document {doc} is not a node document; only node documents have fact tables")]
     NotNodeDocument {
@@ -66,7 +81,7 @@ pub enum MaterializeError {
 }
 
 /// Names of the fact tables. [`drop_tables`] drops exactly these.
-pub const FACT_TABLES: [&str; 19] = [
+pub const FACT_TABLES: [&str; 20] = [
     "nodes",
     "packages",
     "services",
@@ -86,6 +101,7 @@ pub const FACT_TABLES: [&str; 19] = [
     "tracked_files",
     "collector_errors",
     "compliance",
+    "changes",
 ];
 
 const CREATE_TABLES: &str = "
@@ -324,6 +340,23 @@ CREATE TABLE IF NOT EXISTS compliance (
     PRIMARY KEY (node_id, policy, check_name)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS compliance_by_check ON compliance (policy, check_name, status);
+
+-- A rowid table: rowid order within one change is the order of its facts.
+CREATE TABLE IF NOT EXISTS changes (
+    node_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    time INTEGER NOT NULL,
+    change_hash TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    item TEXT,
+    field TEXT,
+    action TEXT NOT NULL,
+    old_value TEXT,
+    new_value TEXT,
+    lines TEXT
+);
+CREATE INDEX IF NOT EXISTS changes_by_node_time ON changes (node_id, time);
+CREATE INDEX IF NOT EXISTS changes_by_time ON changes (time);
 ";
 
 /// Creates the fact tables and their indexes where they do not exist yet.
@@ -344,8 +377,9 @@ pub fn drop_tables(conn: &Connection) -> rusqlite::Result<()> {
 ///
 /// `before` is the list of heads before the changes, empty for the first change of the document.
 /// Only the items that the changes after `before` write are rewritten, plus the whole section
-/// wherever a change replaced a section. `change_time` (seconds since the Unix epoch) becomes
-/// `last_change` unless the node already has a later one.
+/// wherever a change replaced a section. Each of those changes also appends its facts to the
+/// `changes` table. `change_time` (seconds since the Unix epoch) becomes `last_change` unless
+/// the node already has a later one.
 pub fn apply_node_change(
     tx: &Transaction<'_>,
     doc: &mut NodeDocument,
@@ -353,16 +387,21 @@ pub fn apply_node_change(
     change_time: i64,
 ) -> Result<(), MaterializeError> {
     let node = node_id_text(doc)?;
+    let heads = doc.heads();
     let touched = if before.is_empty() {
         Touched::everything()
     } else {
-        let heads = doc.heads();
-        match Touched::from_changes(doc.automerge(), before, &heads) {
-            Some(touched) => touched,
-            None => Touched::from_patches(&doc.diff(before, &heads)),
-        }
+        Touched::from_paths(&doc.changed_paths(before, &heads))
     };
     write_touched(tx, doc, &node, &touched)?;
+
+    for change in owner_changes_between(doc, before, &heads) {
+        let facts = doc
+            .fact_changes(&change.deps, &[change.hash])
+            .map_err(|source| history_error(doc, source))?;
+        let hash = change.hash.to_string();
+        insert_change_rows(tx, &node, change.seq, change.time, &hash, &facts)?;
+    }
 
     tx.prepare_cached(
         "UPDATE nodes SET last_change = max(coalesce(last_change, ?2), ?2) WHERE node_id = ?1",
@@ -372,7 +411,8 @@ pub fn apply_node_change(
 }
 
 /// Rewrites every fact row of one node from its document, and sets `last_change` to
-/// `change_time`. Rows of other nodes are not touched.
+/// `change_time`. The node's `changes` rows are rebuilt from the whole history of the
+/// document. Rows of other nodes are not touched.
 pub fn rebuild_node(
     tx: &Transaction<'_>,
     doc: &mut NodeDocument,
@@ -381,9 +421,31 @@ pub fn rebuild_node(
     let node = node_id_text(doc)?;
     write_touched(tx, doc, &node, &Touched::everything())?;
 
+    tx.prepare_cached("DELETE FROM changes WHERE node_id = ?1")?
+        .execute([&node])?;
+    let history = doc.history().map_err(|source| history_error(doc, source))?;
+    for record in history {
+        insert_change_rows(
+            tx,
+            &node,
+            record.seq,
+            record.time,
+            &record.hash,
+            &record.facts,
+        )?;
+    }
+
     tx.prepare_cached("UPDATE nodes SET last_change = ?2 WHERE node_id = ?1")?
         .execute(params![node, change_time])?;
     Ok(())
+}
+
+/// Deletes the `changes` rows of every node committed before `time` (seconds since the Unix
+/// epoch, by each author's clock) and returns how many were deleted. The signed changes and
+/// the current facts are not touched.
+pub fn delete_changes_before(conn: &Connection, time: i64) -> rusqlite::Result<usize> {
+    conn.prepare_cached("DELETE FROM changes WHERE time < ?1")?
+        .execute([time])
 }
 
 /// Records when `node` was last heard from (seconds since the Unix epoch) and whether it is
@@ -409,6 +471,13 @@ pub fn clear_connected(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+fn history_error(doc: &NodeDocument, source: fleetmesh_model::DocumentError) -> MaterializeError {
+    MaterializeError::History {
+        doc: doc.id().to_string(),
+        source: Box::new(source),
+    }
+}
+
 fn node_id_text(doc: &NodeDocument) -> Result<String, MaterializeError> {
     match doc.id().owner() {
         Some(node) => Ok(node.to_string()),
@@ -420,10 +489,6 @@ fn node_id_text(doc: &NodeDocument) -> Result<String, MaterializeError> {
 
 // ---------------------------------------------------------------------------------------------
 // Which rows a change touches.
-
-/// Most changes [`Touched::from_changes`] reads before it leaves the work to a diff. The store
-/// applies one change at a time, so it normally reads one.
-const CHANGES_WALKED_MAX: usize = 256;
 
 /// Map sections of the facts whose items become rows of their own tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -550,67 +615,13 @@ impl Touched {
         }
     }
 
-    /// Collects what the changes between `before` and `heads` touch from their operations.
-    /// Returns `None` when a change or an object cannot be found, or when more than
-    /// [`CHANGES_WALKED_MAX`] changes lie between, so that the caller falls back to a diff.
-    fn from_changes(
-        doc: &AutoCommit,
-        before: &[ChangeHash],
-        heads: &[ChangeHash],
-    ) -> Option<Touched> {
-        let mut touched = Touched::default();
-        let mut seen: BTreeSet<ChangeHash> = before.iter().copied().collect();
-        let mut pending: Vec<ChangeHash> = heads.to_vec();
-        let mut walked = 0;
-        let mut props: Vec<Prop> = Vec::new();
-        while let Some(hash) = pending.pop() {
-            if !seen.insert(hash) {
-                continue;
-            }
-            walked += 1;
-            if walked > CHANGES_WALKED_MAX {
-                return None;
-            }
-            let change = ReadDoc::get_change_by_hash(doc, &hash)?;
-            pending.extend_from_slice(change.deps());
-
-            for op in change.decode().operations {
-                // The path of the object the operation writes, then the key it writes.
-                props.clear();
-                if let legacy::ObjectId::Id(id) = &op.obj {
-                    // NOTE: `import_obj` is hidden from automerge's documentation. It is the
-                    // only public way from a change's object id to the document's id in 0.12.
-                    let obj = doc.import_obj(&id.to_string()).ok()?;
-                    let parents = doc.parents(&obj).ok()?;
-                    props.extend(parents.path().into_iter().map(|(_, prop)| prop));
-                }
-                props.push(match op.key {
-                    legacy::Key::Map(key) => Prop::Map(key.to_string()),
-                    legacy::Key::Seq(_) => Prop::Seq(0),
-                });
-                let steps: Vec<Step<'_>> = props.iter().map(step).collect();
-                touched.add_path(&steps);
-            }
-        }
-        Some(touched)
-    }
-
-    /// Collects what a set of patches touches.
-    fn from_patches(patches: &[Patch]) -> Touched {
+    /// Collects what changes at `paths` (each from the document root) touch.
+    fn from_paths(paths: &[Vec<Prop>]) -> Touched {
         let mut touched = Touched::default();
         let mut steps = Vec::new();
-        for patch in patches {
+        for path in paths {
             steps.clear();
-            steps.extend(patch.path.iter().map(|(_, prop)| step(prop)));
-            match &patch.action {
-                PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key } => {
-                    steps.push(Step::Key(key));
-                }
-                PatchAction::Conflict { prop } | PatchAction::Increment { prop, .. } => {
-                    steps.push(step(prop));
-                }
-                _ => {}
-            }
+            steps.extend(path.iter().map(step));
             touched.add_path(&steps);
         }
         touched
@@ -684,6 +695,130 @@ fn item_key<'a>(rest: &[Step<'a>]) -> Option<&'a str> {
     match rest.first() {
         Some(Step::Key(key)) => Some(key),
         _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The changes table.
+
+/// One of the owner's changes that a store update applied.
+struct NewChange {
+    seq: u64,
+    time: i64,
+    hash: ChangeHash,
+    deps: Vec<ChangeHash>,
+}
+
+/// Lists the owner's changes that lie between `before` and `heads`, oldest first. The store
+/// applies one change at a time, so this is normally one change.
+fn owner_changes_between(
+    doc: &NodeDocument,
+    before: &[ChangeHash],
+    heads: &[ChangeHash],
+) -> Vec<NewChange> {
+    let owner = ActorId::from(doc.id().key.to_vec());
+    let automerge = doc.automerge();
+    let mut seen: BTreeSet<ChangeHash> = before.iter().copied().collect();
+    let mut pending: Vec<ChangeHash> = heads.to_vec();
+    let mut out = Vec::new();
+    while let Some(hash) = pending.pop() {
+        if !seen.insert(hash) {
+            continue;
+        }
+        // Every change between the heads and `before` is in the document. A missing one would
+        // only lose its rows, not fail the store.
+        let Some(change) = ReadDoc::get_change_by_hash(automerge, &hash) else {
+            continue;
+        };
+        pending.extend_from_slice(change.deps());
+        if change.actor_id() == &owner {
+            out.push(NewChange {
+                seq: change.seq(),
+                time: change.timestamp(),
+                hash,
+                deps: change.deps().to_vec(),
+            });
+        }
+    }
+    out.sort_by_key(|change| change.seq);
+    out
+}
+
+/// Appends one row per fact of one change.
+///
+/// Tracked file contents are stored as line edits only. A `content` field that changed keeps
+/// `old_value` and `new_value` NULL. A tracked file that appeared or disappeared is stored
+/// without its `content` key, and its content becomes added or removed lines.
+fn insert_change_rows(
+    tx: &Transaction<'_>,
+    node: &str,
+    seq: u64,
+    time: i64,
+    hash: &str,
+    facts: &[FactChange],
+) -> Result<(), MaterializeError> {
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO changes (node_id, seq, time, change_hash, kind, item, field, action,
+                              old_value, new_value, lines)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?;
+    let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+    for fact in facts {
+        let (old, new, lines) = stored_values(fact);
+        let lines = if lines.is_empty() {
+            None
+        } else {
+            serde_json::to_string(&lines).ok()
+        };
+        insert.execute(params![
+            node,
+            seq,
+            time,
+            hash,
+            fact.kind,
+            fact.item,
+            fact.field,
+            fact.action.as_str(),
+            old.map(|value| value.to_string()),
+            new.map(|value| value.to_string()),
+            lines,
+        ])?;
+    }
+    Ok(())
+}
+
+/// Returns the old value, new value and line edits of a fact as the `changes` table stores
+/// them (see [`insert_change_rows`]).
+fn stored_values(
+    fact: &FactChange,
+) -> (Option<Json>, Option<Json>, Vec<fleetmesh_model::LineEdit>) {
+    if fact.kind != "tracked_files" {
+        return (fact.old.clone(), fact.new.clone(), fact.lines.clone());
+    }
+    let text = |value: Option<&Json>| match value {
+        Some(Json::String(text)) => text.clone(),
+        _ => String::new(),
+    };
+    match fact.field.as_deref() {
+        Some("content") => {
+            let lines = line_diff(&text(fact.old.as_ref()), &text(fact.new.as_ref()));
+            (None, None, lines)
+        }
+        Some(_) => (fact.old.clone(), fact.new.clone(), fact.lines.clone()),
+        None => {
+            let split = |value: &Option<Json>| match value {
+                Some(Json::Object(map)) => {
+                    let mut map = map.clone();
+                    let content = map.remove("content");
+                    (Some(Json::Object(map)), content)
+                }
+                other => (other.clone(), None),
+            };
+            let (old, old_content) = split(&fact.old);
+            let (new, new_content) = split(&fact.new);
+            let lines = line_diff(&text(old_content.as_ref()), &text(new_content.as_ref()));
+            (old, new, lines)
+        }
     }
 }
 
@@ -1399,10 +1534,29 @@ mod tests {
         edit(facts);
         doc.record(identity, facts, 1).expect("record");
         let heads = doc.heads();
-        let from_ops =
-            Touched::from_changes(doc.automerge(), &before, &heads).expect("operations resolve");
-        let from_diff = Touched::from_patches(&doc.diff(&before, &heads));
+        let from_ops = Touched::from_paths(&doc.changed_paths(&before, &heads));
+        let from_diff = Touched::from_paths(&patch_paths(&doc.diff(&before, &heads)));
         (from_ops, from_diff)
+    }
+
+    /// Returns the path from the root that each patch writes.
+    fn patch_paths(patches: &[fleetmesh_model::Patch]) -> Vec<Vec<Prop>> {
+        use fleetmesh_model::PatchAction;
+        let mut out = Vec::new();
+        for patch in patches {
+            let mut path: Vec<Prop> = patch.path.iter().map(|(_, prop)| prop.clone()).collect();
+            match &patch.action {
+                PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key } => {
+                    path.push(Prop::Map(key.clone()));
+                }
+                PatchAction::Conflict { prop } | PatchAction::Increment { prop, .. } => {
+                    path.push(prop.clone());
+                }
+                _ => {}
+            }
+            out.push(path);
+        }
+        out
     }
 
     #[test]

@@ -527,6 +527,13 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes the rows of the `changes` table committed before `time` (Unix seconds) and
+    /// returns how many were deleted. Signed changes, snapshots and the current facts stay, so
+    /// documents can still be rebuilt and read at any earlier time.
+    pub fn prune_history(&self, time: i64) -> rusqlite::Result<usize> {
+        materialize::delete_changes_before(&self.conn, time)
+    }
+
     /// Saves snapshots of cached documents with unsnapshotted changes; called on shutdown.
     pub fn flush_snapshots(&mut self) -> Result<(), StoreError> {
         let ids: Vec<DocId> = self.docs.ids();
