@@ -456,7 +456,8 @@ pub const MACHINE_SPECIFIC_FILES: [&str; 4] = [
 ];
 
 /// Reports whether a path from the root names a fact that differs between machines by nature
-/// (names, ids, boot time, hardware serial, addresses, free space, and the tracked files of
+/// (names, ids, boot time, hardware serial, addresses, free space, tracked files' modification
+/// times, and the tracked files of
 /// [`MACHINE_SPECIFIC_FILES`]). Comparisons of two machines leave these out unless asked for
 /// everything.
 pub fn is_machine_specific(path: &[String]) -> bool {
@@ -473,6 +474,7 @@ pub fn is_machine_specific(path: &[String]) -> bool {
             | ["facts", "hardware", "serial", ..]
             | ["facts", "mounts", _, "free_bytes", ..]
             | ["facts", "interfaces", _, "mac" | "addresses", ..]
+            | ["facts", "tracked_files", _, "mtime", ..]
     ) || matches!(parts.as_slice(), ["facts", "tracked_files", file, ..] if MACHINE_SPECIFIC_FILES.contains(file))
 }
 
