@@ -130,7 +130,8 @@ impl FactChange {
 
     /// Reports whether the fact lies under `filter`: a kind, then optionally an item, then
     /// optionally a field, separated by `/`. An item part also matches the item's name without
-    /// its architecture, so `packages/openssl` finds `openssl:amd64` but not `openssl-dev:amd64`.
+    /// its architecture, so `packages/openssl` finds `openssl:amd64` but not `openssl-dev:amd64`,
+    /// and an item whose name contains `/` matches a leading part of its name.
     pub fn matches(&self, filter: &str) -> bool {
         let filter = filter.trim_matches('/');
         let rest = match strip_part(filter, &self.kind) {
@@ -142,6 +143,11 @@ impl FactChange {
             return false;
         };
         let item = item.trim_start_matches('/');
+        // An item with `/` in its name (a file path, a compliance `policy/check` key) also
+        // matches a leading part of it: `tracked_files/etc/ssh` selects every file under it.
+        if item.starts_with(&format!("{rest}/")) {
+            return true;
+        }
         let after_item = strip_part(rest, item).or_else(|| {
             item.split_once(':')
                 .and_then(|(name, _)| strip_part(rest, name))
@@ -613,6 +619,7 @@ mod tests {
         assert_eq!(file.path(), "tracked_files/etc/ssh/sshd_config/mode");
         assert!(file.matches("tracked_files/etc/ssh/sshd_config"));
         assert!(file.matches("tracked_files//etc/ssh/sshd_config/mode"));
-        assert!(!file.matches("tracked_files/etc/ssh"));
+        assert!(file.matches("tracked_files/etc/ssh"));
+        assert!(!file.matches("tracked_files/etc/ss"));
     }
 }

@@ -107,13 +107,13 @@ fn policy_result_follows_the_fix_and_reaches_every_node() -> Result<()> {
     assert!(!refused.status.success(), "a plain node applied a policy");
     let message = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        message.contains("not an operator"),
+        message.contains("only operators of tenant default"),
         "unexpected error: {message}"
     );
 
     let applied = a.cli_ok(&["policy", "apply", &policy_path])?;
     assert!(
-        applied.contains("policy ssh (1 checks)"),
+        applied.contains("policy ssh with 1 check written"),
         "unexpected output: {applied}"
     );
 
@@ -136,6 +136,11 @@ fn policy_result_follows_the_fix_and_reaches_every_node() -> Result<()> {
         "compliance must exit 1 while a check fails"
     );
     let csv = String::from_utf8_lossy(&report.stdout);
+    let header = csv.lines().next().unwrap_or_default();
+    assert_eq!(
+        header,
+        "node_id,hostname,tenant,site,policy,check,severity,status,failing_count,failing_rows,error,description"
+    );
     let b_line = csv
         .lines()
         .find(|line| line.contains("node-b"))

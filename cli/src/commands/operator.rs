@@ -55,7 +55,7 @@ pub fn open(data_dir: &Path, tenant: Option<&str>, command: &str) -> anyhow::Res
     };
     if !member.is_operator_of(&tenant) {
         anyhow::bail!(
-            "this node is a {} of tenant {}, not an operator of tenant {tenant}; run `{command}` on an operator node of that tenant",
+            "this node is enrolled with role {} in tenant {}, and only operators of tenant {tenant} may run `{command}`; run it on an operator node of that tenant",
             member.role.as_str(),
             member.tenant
         );

@@ -168,6 +168,9 @@ pub struct ComplianceArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
     format: ReportFormat,
+    /// Shorthand for --format json.
+    #[arg(long, conflicts_with = "format")]
+    json: bool,
 }
 
 /// Runs `fleetmesh policy`.
@@ -207,8 +210,9 @@ fn apply(data_dir: &Path, args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let checks = policy.checks.len();
     match write_record(&mut op, RecordKind::Policy, &policy.name, &policy)? {
         true => {
+            let plural = if checks == 1 { "" } else { "s" };
             println!(
-                "policy {} ({checks} checks) written to tenant {}",
+                "policy {} with {checks} check{plural} written to tenant {}",
                 policy.name, op.tenant
             );
             eprintln!("A running node passes it on within a second; every node of the tenant then evaluates it.");
@@ -492,7 +496,20 @@ fn test(data_dir: &Path, args: TestArgs) -> anyhow::Result<ExitCode> {
 pub fn drift(data_dir: &Path, args: DriftArgs) -> anyhow::Result<ExitCode> {
     let conn = read::open(data_dir)?;
     let mut reports = Vec::new();
-    for (tenant, doc) in read_policy_documents(data_dir, args.tenant.as_deref())? {
+    let documents = read_policy_documents(data_dir, args.tenant.as_deref())?;
+    if let Some(only) = &args.baseline {
+        let known = documents.iter().any(|(_, doc)| {
+            doc.records::<Baseline>(RecordKind::Baseline)
+                .0
+                .contains_key(only)
+        });
+        if !known {
+            anyhow::bail!(
+                "no baseline named {only:?} in the local replica; `fleetmesh baseline list` shows the names"
+            );
+        }
+    }
+    for (tenant, doc) in documents {
         let (baselines, _) = doc.records::<Baseline>(RecordKind::Baseline);
         let (assignments, _) = doc.records::<Assignment>(RecordKind::Assignment);
         for (name, assignment) in &assignments {
@@ -621,6 +638,18 @@ pub fn compliance(data_dir: &Path, args: ComplianceArgs) -> anyhow::Result<ExitC
             }
         }
     }
+    if let Some(only) = &args.policy {
+        if expected.is_empty() {
+            anyhow::bail!(
+                "no policy named {only:?} in the local replica; `fleetmesh policy list` shows the names"
+            );
+        }
+    }
+    let format = match (args.json, args.format) {
+        (true, _) | (false, ReportFormat::Json) => Format::Json,
+        (false, ReportFormat::Table) => Format::Table,
+        (false, ReportFormat::Csv) => Format::Csv,
+    };
     let nodes = tenant_nodes(&conn)?;
     let recorded = recorded_results(&conn)?;
 
@@ -635,6 +664,7 @@ pub fn compliance(data_dir: &Path, args: ComplianceArgs) -> anyhow::Result<ExitC
         "status",
         "failing_count",
         "failing_rows",
+        "error",
         "description",
     ];
     let mut rows: Vec<Vec<Json>> = Vec::new();
@@ -642,13 +672,14 @@ pub fn compliance(data_dir: &Path, args: ComplianceArgs) -> anyhow::Result<ExitC
     for ((tenant, policy, check), (severity, description)) in &expected {
         for node in nodes.iter().filter(|n| &n.tenant == tenant) {
             let result = recorded.get(&(node.node_id.clone(), policy.clone(), check.clone()));
-            let (status, count, failing) = match result {
+            let (status, count, failing, error) = match result {
                 Some(r) => (
                     r.status.as_str(),
                     json!(r.failing_count),
                     r.failing_rows.clone(),
+                    json!(r.error),
                 ),
-                None => ("pending", Json::Null, Json::Array(Vec::new())),
+                None => ("pending", Json::Null, Json::Array(Vec::new()), Json::Null),
             };
             *counts.entry(status).or_default() += 1;
             if args.failing && status == "pass" {
@@ -664,11 +695,12 @@ pub fn compliance(data_dir: &Path, args: ComplianceArgs) -> anyhow::Result<ExitC
                 json!(severity),
                 json!(status),
                 count,
-                if matches!(args.format, ReportFormat::Table) {
+                if matches!(format, Format::Table) {
                     json!(short_value(&failing))
                 } else {
                     failing
                 },
+                error,
                 json!(description),
             ]);
         }
@@ -677,11 +709,6 @@ pub fn compliance(data_dir: &Path, args: ComplianceArgs) -> anyhow::Result<ExitC
         columns: columns.iter().map(|c| c.to_string()).collect(),
         rows,
         truncated: false,
-    };
-    let format = match args.format {
-        ReportFormat::Table => Format::Table,
-        ReportFormat::Json => Format::Json,
-        ReportFormat::Csv => Format::Csv,
     };
     print!("{}", query::format_result(&result, format));
     let summary: Vec<String> = ["pass", "fail", "error", "pending"]
@@ -733,13 +760,15 @@ struct Recorded {
     status: CheckStatus,
     failing_count: i64,
     failing_rows: Json,
+    error: Option<String>,
 }
 
 fn recorded_results(
     conn: &Connection,
 ) -> anyhow::Result<BTreeMap<(String, String, String), Recorded>> {
     let mut stmt = conn.prepare(
-        "SELECT node_id, policy, check_name, status, failing_count, failing_rows FROM compliance",
+        "SELECT node_id, policy, check_name, status, failing_count, failing_rows, error
+         FROM compliance",
     )?;
     let rows = stmt.query_map([], |row| {
         Ok((
@@ -751,11 +780,12 @@ fn recorded_results(
             row.get::<_, String>(3)?,
             row.get::<_, i64>(4)?,
             row.get::<_, String>(5)?,
+            row.get::<_, Option<String>>(6)?,
         ))
     })?;
     let mut out = BTreeMap::new();
     for row in rows {
-        let (key, status, failing_count, failing_rows) = row?;
+        let (key, status, failing_count, failing_rows, error) = row?;
         let status = match status.as_str() {
             "pass" => CheckStatus::Pass,
             "fail" => CheckStatus::Fail,
@@ -768,6 +798,7 @@ fn recorded_results(
                 status,
                 failing_count,
                 failing_rows,
+                error,
             },
         );
     }

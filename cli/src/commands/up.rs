@@ -73,12 +73,18 @@ pub fn parse_multiaddr(text: &str) -> Result<Multiaddr, String> {
 
 /// Reports whether an address names one host, so that other machines can dial it.
 fn is_specific(address: &Multiaddr) -> bool {
-    address.iter().any(|protocol| match protocol {
-        libp2p::multiaddr::Protocol::Ip4(ip) => !ip.is_unspecified(),
-        libp2p::multiaddr::Protocol::Ip6(ip) => !ip.is_unspecified(),
-        libp2p::multiaddr::Protocol::Dns(_) | libp2p::multiaddr::Protocol::Dns4(_) => true,
-        _ => false,
-    })
+    use libp2p::multiaddr::Protocol;
+    // Port 0 asks the system for a free port, which is known only once the node listens.
+    let fixed_port = address
+        .iter()
+        .all(|protocol| !matches!(protocol, Protocol::Udp(0) | Protocol::Tcp(0)));
+    fixed_port
+        && address.iter().any(|protocol| match protocol {
+            Protocol::Ip4(ip) => !ip.is_unspecified(),
+            Protocol::Ip6(ip) => !ip.is_unspecified(),
+            Protocol::Dns(_) | Protocol::Dns4(_) => true,
+            _ => false,
+        })
 }
 
 fn parse_tenant(text: &str) -> Result<TenantId, String> {
