@@ -275,18 +275,8 @@ mod tests {
         path
     }
 
-    const SSH_POLICY: &str = r#"
-description = "SSH settings"
-[[check]]
-name = "permit-root-login"
-severity = "high"
-description = "PermitRootLogin must be no"
-query = """
-SELECT path, config_value(content, 'PermitRootLogin') AS value FROM tracked_files
-WHERE path = '/etc/ssh/sshd_config'
-  AND coalesce(config_value(content, 'PermitRootLogin'), '') <> 'no'
-"""
-"#;
+    /// The example policy of docs/policies.md, shared with the integration tests.
+    const SSH_POLICY: &str = include_str!("../../tests/fixtures/policies/ssh.toml");
 
     #[test]
     fn policy_file_name_defaults_to_file_stem() {

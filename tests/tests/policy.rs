@@ -11,20 +11,8 @@ use fleetmesh_tests::{mini_root, shared_fixtures, test_dir, wait_for, TestNode};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
-const SSH_POLICY: &str = r#"
-description = "SSH daemon settings every server must have"
-
-[[check]]
-name = "permit-root-login"
-severity = "high"
-description = "PermitRootLogin must be no"
-query = """
-SELECT path, config_value(content, 'PermitRootLogin') AS value
-FROM tracked_files
-WHERE path = '/etc/ssh/sshd_config'
-  AND coalesce(config_value(content, 'PermitRootLogin'), '') <> 'no'
-"""
-"#;
+/// The example policy of docs/policies.md.
+const SSH_POLICY: &str = include_str!("../fixtures/policies/ssh.toml");
 
 /// Returns the status `observer` holds for `hostname`'s ssh check, if any.
 fn status_seen_by(observer: &TestNode, hostname: &str) -> Result<Option<(String, String)>> {
