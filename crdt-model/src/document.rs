@@ -61,6 +61,31 @@ pub enum DocumentError {
     },
 }
 
+impl DocumentError {
+    /// Wraps an automerge error met in document `doc`.
+    pub(crate) fn automerge(doc: &DocId, source: automerge::AutomergeError) -> DocumentError {
+        DocumentError::Automerge {
+            doc: doc.to_string(),
+            source: Box::new(source),
+        }
+    }
+}
+
+/// Decodes `changes` and applies them to `doc` (the document `id`) in one batch, in any order
+/// that respects their dependencies.
+pub(crate) fn apply_signed_changes<'a>(
+    doc: &mut AutoCommit,
+    id: &DocId,
+    changes: impl IntoIterator<Item = &'a SignedChange>,
+) -> Result<(), DocumentError> {
+    let decoded = changes
+        .into_iter()
+        .map(SignedChange::to_change)
+        .collect::<Result<Vec<_>, _>>()?;
+    doc.apply_changes(decoded)
+        .map_err(|source| DocumentError::automerge(id, source))
+}
+
 /// Root key of the compliance results in a node document.
 pub const COMPLIANCE_SECTION: &str = "compliance";
 
@@ -103,22 +128,14 @@ impl NodeDocument {
         changes: impl IntoIterator<Item = &'a SignedChange>,
     ) -> Result<Self, DocumentError> {
         let mut out = NodeDocument::new(tenant, node);
-        let decoded = changes
-            .into_iter()
-            .map(SignedChange::to_change)
-            .collect::<Result<Vec<_>, _>>()?;
-        out.doc
-            .apply_changes(decoded)
-            .map_err(|source| out.automerge_error(source))?;
+        apply_signed_changes(&mut out.doc, &out.id, changes)?;
         Ok(out)
     }
 
     /// Loads a document from a saved snapshot (see [`NodeDocument::save`]).
     pub fn load(id: DocId, bytes: &[u8]) -> Result<Self, DocumentError> {
-        let doc = AutoCommit::load(bytes).map_err(|source| DocumentError::Automerge {
-            doc: id.to_string(),
-            source: Box::new(source),
-        })?;
+        let doc =
+            AutoCommit::load(bytes).map_err(|source| DocumentError::automerge(&id, source))?;
         let actor = ActorId::from(id.key.to_vec());
         Ok(NodeDocument {
             id,
@@ -264,13 +281,25 @@ impl NodeDocument {
         before: &[ChangeHash],
         after: &[ChangeHash],
     ) -> Result<Vec<FactChange>, DocumentError> {
-        let current = self.doc.get_heads();
-        let items = history::touched_items(&mut self.doc, before, after);
+        let paths = self.changed_paths(before, after);
+        self.fact_changes_at(before, after, &paths)
+    }
+
+    /// Lists the facts that the changes between `before` and `after` changed, like
+    /// [`NodeDocument::fact_changes`], from `paths` that [`NodeDocument::changed_paths`]
+    /// returned for the same heads. Callers that need the paths anyway save the second walk.
+    pub fn fact_changes_at(
+        &mut self,
+        before: &[ChangeHash],
+        after: &[ChangeHash],
+        paths: &[Vec<automerge::Prop>],
+    ) -> Result<Vec<FactChange>, DocumentError> {
+        // Reading the current state needs no heads, which is cheaper.
+        let after_heads = (after != self.doc.get_heads().as_slice()).then_some(after);
         let mut out = Vec::new();
-        for path in items {
+        for path in history::touched_items(paths) {
             let old = tree::read_path(&self.doc, &path, Some(before))
                 .map_err(|source| self.automerge_error(source))?;
-            let after_heads = (after != current.as_slice()).then_some(after);
             let new = tree::read_path(&self.doc, &path, after_heads)
                 .map_err(|source| self.automerge_error(source))?;
             out.extend(history::diff_from(
@@ -408,10 +437,7 @@ impl NodeDocument {
     }
 
     fn automerge_error(&self, source: automerge::AutomergeError) -> DocumentError {
-        DocumentError::Automerge {
-            doc: self.id.to_string(),
-            source: Box::new(source),
-        }
+        DocumentError::automerge(&self.id, source)
     }
 
     /// Returns the underlying automerge document, for history and diff queries.

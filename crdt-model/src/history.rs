@@ -356,20 +356,16 @@ pub fn line_diff(old: &str, new: &str) -> Vec<LineEdit> {
     out
 }
 
-/// Lists the paths that the changes between `before` and `after` write, each as map keys from
-/// the root and cut at the item level (see [`item_depth`]) and at the first list index, without
-/// duplicates and without paths that lie under another path of the list.
-pub(crate) fn touched_items(
-    doc: &mut AutoCommit,
-    before: &[ChangeHash],
-    after: &[ChangeHash],
-) -> Vec<Vec<String>> {
+/// Turns paths from [`changed_paths`] into the items they write. Each item is a list of map keys
+/// from the root, cut at the item level (see [`item_depth`]) and at the first list index. The
+/// list has no duplicates and no path that lies under another path of the list.
+pub(crate) fn touched_items(paths: &[Vec<Prop>]) -> Vec<Vec<String>> {
     let mut items: BTreeSet<Vec<String>> = BTreeSet::new();
-    for props in changed_paths(doc, before, after) {
+    for props in paths {
         let mut path = Vec::new();
         for prop in props {
             match prop {
-                Prop::Map(key) => path.push(key),
+                Prop::Map(key) => path.push(key.clone()),
                 Prop::Seq(_) => break,
             }
         }

@@ -26,7 +26,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value as Json};
 
-use crate::document::DocumentError;
+use crate::document::{apply_signed_changes, DocumentError};
 use crate::facts::Facts;
 use crate::history::{self, FactChange};
 use crate::ids::{validate_name, DocId, DocKind, IdError, TenantId};
@@ -360,13 +360,7 @@ impl PolicyDocument {
         changes: impl IntoIterator<Item = &'a SignedChange>,
     ) -> Result<PolicyDocument, PolicyError> {
         let mut out = PolicyDocument::new(tenant);
-        let decoded = changes
-            .into_iter()
-            .map(SignedChange::to_change)
-            .collect::<Result<Vec<_>, _>>()?;
-        out.doc
-            .apply_changes(decoded)
-            .map_err(|source| out.automerge_error(source))?;
+        apply_signed_changes(&mut out.doc, &out.id, changes)?;
         Ok(out)
     }
 
@@ -500,10 +494,7 @@ impl PolicyDocument {
     }
 
     fn automerge_error(&self, source: automerge::AutomergeError) -> DocumentError {
-        DocumentError::Automerge {
-            doc: self.id.to_string(),
-            source: Box::new(source),
-        }
+        DocumentError::automerge(&self.id, source)
     }
 }
 

@@ -69,10 +69,8 @@ impl MembershipDocument {
     /// Loads the document from a snapshot written by [`MembershipDocument::save`].
     pub fn load(tenant: TenantId, bytes: &[u8]) -> Result<MembershipDocument, MembershipError> {
         let id = DocId::tenant_doc(DocKind::Membership, tenant);
-        let doc = AutoCommit::load(bytes).map_err(|source| DocumentError::Automerge {
-            doc: id.to_string(),
-            source: Box::new(source),
-        })?;
+        let doc =
+            AutoCommit::load(bytes).map_err(|source| DocumentError::automerge(&id, source))?;
         Ok(MembershipDocument { id, doc })
     }
 
@@ -204,10 +202,7 @@ impl MembershipDocument {
     }
 
     fn automerge_error(&self, source: automerge::AutomergeError) -> MembershipError {
-        MembershipError::from(DocumentError::Automerge {
-            doc: self.id.to_string(),
-            source: Box::new(source),
-        })
+        MembershipError::from(DocumentError::automerge(&self.id, source))
     }
 }
 

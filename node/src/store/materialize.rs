@@ -388,16 +388,24 @@ pub fn apply_node_change(
 ) -> Result<(), MaterializeError> {
     let node = node_id_text(doc)?;
     let heads = doc.heads();
+    // A node document holds only its owner's changes, so the paths of the owner's changes
+    // between `before` and `heads` are every path written, and each change's paths serve both
+    // the fact rows and its history rows.
+    let changes = owner_changes_between(doc, before, &heads);
+    let paths: Vec<Vec<Vec<Prop>>> = changes
+        .iter()
+        .map(|change| doc.changed_paths(&change.deps, &[change.hash]))
+        .collect();
     let touched = if before.is_empty() {
         Touched::everything()
     } else {
-        Touched::from_paths(&doc.changed_paths(before, &heads))
+        Touched::from_paths(&paths.concat())
     };
     write_touched(tx, doc, &node, &touched)?;
 
-    for change in owner_changes_between(doc, before, &heads) {
+    for (change, paths) in changes.iter().zip(&paths) {
         let facts = doc
-            .fact_changes(&change.deps, &[change.hash])
+            .fact_changes_at(&change.deps, &[change.hash], paths)
             .map_err(|source| history_error(doc, source))?;
         let hash = change.hash.to_string();
         insert_change_rows(tx, &node, change.seq, change.time, &hash, &facts)?;
