@@ -232,7 +232,7 @@ impl NodeDocument {
 
     /// Writes the compliance results of this node as a minimal diff and commits. Results of
     /// checks that are no longer in `results` are deleted. Returns the new change, signed, or
-    /// `None` when the document already holds exactly these results.
+    /// `None` when the document already contains exactly these results.
     pub fn record_compliance(
         &mut self,
         results: &BTreeMap<String, ComplianceResult>,

@@ -24,7 +24,7 @@ pub const CHANGES_WALKED_MAX: usize = 1024;
 /// line by line, so a diff stays cheap (the line comparison is quadratic).
 const LINE_DIFF_CELLS_MAX: usize = 4_000_000;
 
-/// What happened to a fact.
+/// Kind of change to a fact.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
@@ -176,7 +176,7 @@ fn strip_part<'a>(text: &'a str, part: &str) -> Option<Option<&'a str>> {
         .map(Some)
 }
 
-/// What one change did.
+/// One change and the facts it changed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChangeRecord {
     /// The author's sequence number of the change.
@@ -383,9 +383,9 @@ pub(crate) fn touched_items(paths: &[Vec<Prop>]) -> Vec<Vec<String>> {
 }
 
 /// Lists the paths from the root (object path plus the key written) of every operation in the
-/// changes between `before` and `after`. Paths come from the changes' own operations, which
-/// costs time in proportion to the changes; when an operation cannot be resolved or more than
-/// [`CHANGES_WALKED_MAX`] changes lie between, they come from automerge's diff instead.
+/// changes between `before` and `after`. Paths come from the changes' own operations, so the
+/// cost grows with the changes, not the document. When an operation cannot be resolved, or more
+/// than [`CHANGES_WALKED_MAX`] changes lie between, they come from automerge's diff instead.
 pub fn changed_paths(
     doc: &mut AutoCommit,
     before: &[ChangeHash],

@@ -1,7 +1,7 @@
 //! Policies, baselines and compliance results.
 //!
 //! A tenant's policy document is an automerge document written by the tenant's operators. Its
-//! root map holds one record per key, each a JSON text:
+//! root map contains one record per key, each a JSON text:
 //!
 //! ```text
 //! "policy/<name>":     Policy     (named checks, each a SQL query over one node's facts)
@@ -38,7 +38,7 @@ pub const FAILING_ROWS_MAX: usize = 50;
 /// Checks in one policy at most.
 pub const CHECKS_MAX: usize = 500;
 
-/// Longest query text of a check, in bytes.
+/// Maximum length of a check's query text, in bytes.
 pub const QUERY_LEN_MAX: usize = 16 * 1024;
 
 /// Errors from building or reading policy records.
@@ -53,7 +53,7 @@ pub enum PolicyError {
     Invalid {
         /// The policy name.
         policy: String,
-        /// What is wrong and how to fix it.
+        /// The problem and how to fix it.
         reason: String,
     },
     /// Reading or writing the document failed.
@@ -102,10 +102,10 @@ pub struct Check {
     /// How much a failure matters.
     #[serde(default)]
     pub severity: Severity,
-    /// What the check wants, in words, for reports.
+    /// The requirement in plain words, for reports.
     #[serde(default)]
     pub description: String,
-    /// A read-only SQL query over the fact tables. It sees only the evaluating node's rows; every
+    /// A read-only SQL query over the fact tables. It reads only the evaluating node's rows, and every
     /// row it returns is a failure.
     pub query: String,
 }
@@ -116,7 +116,7 @@ pub struct Check {
 pub struct Policy {
     /// Name, unique within the tenant: 1 to 64 characters from `[a-z0-9._-]`.
     pub name: String,
-    /// What the policy is for.
+    /// Purpose of the policy.
     #[serde(default)]
     pub description: String,
     /// The checks, evaluated in this order.
@@ -126,7 +126,7 @@ pub struct Policy {
 
 impl Policy {
     /// Checks names, sizes and uniqueness. The queries themselves are compiled by the node,
-    /// which knows the fact tables.
+    /// which has the fact tables.
     pub fn validate(&self) -> Result<(), PolicyError> {
         validate_name("policy", &self.name)?;
         let invalid = |reason: String| PolicyError::Invalid {
@@ -247,7 +247,7 @@ impl Baseline {
     }
 }
 
-/// Which nodes a baseline applies to.
+/// Selection of the nodes a baseline applies to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Assignment {
     /// The baseline's name.
@@ -297,7 +297,7 @@ pub struct ComplianceResult {
     pub failing_count: u64,
     /// The first [`FAILING_ROWS_MAX`] failing rows, each an object of column name to value.
     pub failing_rows: Vec<Json>,
-    /// Why the query could not run, for `error`.
+    /// Reason the query could not run, for `error`.
     pub error: Option<String>,
 }
 
@@ -334,7 +334,7 @@ impl RecordKind {
 pub struct BadRecord {
     /// The root key.
     pub key: String,
-    /// What serde reported.
+    /// Message from serde.
     pub reason: String,
 }
 
@@ -375,7 +375,7 @@ impl PolicyDocument {
     }
 
     /// Writes a record and returns the change signed by `author`, or `None` when the document
-    /// already holds the same value. Receivers accept it only from an operator of the tenant.
+    /// already contains the same value. Receivers accept it only from an operator of the tenant.
     pub fn put<T: Serialize>(
         &mut self,
         kind: RecordKind,

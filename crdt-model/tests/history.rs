@@ -62,7 +62,7 @@ const SSHD_BEFORE: &str = "Port 22\nPermitRootLogin yes\nUsePAM yes\n";
 const SSHD_AFTER: &str = "Port 22\nPermitRootLogin no\nUsePAM yes\n";
 
 #[test]
-fn history_lists_upgrade_and_file_edit_with_old_and_new_values() {
+fn history_lists_upgrade_and_edit() {
     let mut n = node();
     let first = facts("3.0.11-1", SSHD_BEFORE);
     n.doc

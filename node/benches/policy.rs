@@ -1,6 +1,6 @@
-//! Policy evaluation on one node: what a node pays after each collection.
+//! Policy evaluation on one node: the cost a node pays after each collection.
 //!
-//! The store holds 1,000 nodes. One of them is the shared Debian 12 fixture root, collected and
+//! The store contains 1,000 nodes. One of them is the shared Debian 12 fixture root, collected and
 //! materialized as the daemon does it; the others are copies of its package rows. The benchmarks:
 //!
 //! - `policy/copy_own_rows`: `node_fact_tables`, the private in-memory copy of one node's rows

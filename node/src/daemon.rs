@@ -495,7 +495,7 @@ struct LoopState {
     evaluating: bool,
     /// Whether the policies or facts changed while an evaluation ran.
     evaluation_pending: bool,
-    /// Where finished policy evaluations are sent.
+    /// Sender for finished policy evaluations.
     evaluated_tx: Option<mpsc::Sender<BTreeMap<String, ComplianceResult>>>,
 }
 

@@ -57,7 +57,7 @@ pub enum PolicyFileError {
     Read {
         /// The file.
         path: PathBuf,
-        /// What the system reported.
+        /// Error from the operating system.
         #[source]
         source: std::io::Error,
     },
@@ -74,7 +74,7 @@ pub enum PolicyFileError {
     Parse {
         /// The file.
         path: PathBuf,
-        /// What the TOML parser reported, with line and column.
+        /// Message from the TOML parser, with line and column.
         reason: String,
     },
     /// A name, count or size is not valid.
@@ -82,7 +82,7 @@ pub enum PolicyFileError {
     Invalid {
         /// The file.
         path: PathBuf,
-        /// What is wrong.
+        /// The problem.
         #[source]
         source: PolicyError,
     },
@@ -95,7 +95,7 @@ pub enum PolicyFileError {
         policy: String,
         /// The check.
         check: String,
-        /// What SQLite or the read-only guard reported.
+        /// Message from SQLite or from the read-only guard.
         reason: String,
     },
     /// The store could not be read.

@@ -79,7 +79,7 @@ pub struct Template {
     verified: Mutex<HashMap<VerifiedKey, bool>>,
 }
 
-/// What a verification result depends on: the change hash, its signature and its document.
+/// Key of a verification result: the change hash, its signature and its document.
 type VerifiedKey = (ChangeHash, Option<[u8; 64]>, DocId);
 
 impl Template {

@@ -28,16 +28,16 @@ fn status_seen_by(observer: &TestNode, hostname: &str) -> Result<Option<(String,
     }))
 }
 
-fn wait_status(observer: &TestNode, hostname: &str, wanted: &str) -> Result<String> {
+fn wait_status(observer: &TestNode, hostname: &str, expected: &str) -> Result<String> {
     wait_for(
         &format!(
-            "{} to see {hostname}'s ssh check as {wanted}",
+            "{} to see {hostname}'s ssh check as {expected}",
             observer.name
         ),
         TIMEOUT,
         || {
             Ok(status_seen_by(observer, hostname)?
-                .filter(|(status, _)| status == wanted)
+                .filter(|(status, _)| status == expected)
                 .map(|(_, rows)| rows))
         },
     )
@@ -62,7 +62,7 @@ fn set_permit_root_login(root: &Path, value: &str) -> Result<()> {
 }
 
 #[test]
-fn policy_result_follows_the_fix_and_reaches_every_node() -> Result<()> {
+fn policy_results_reach_every_node() -> Result<()> {
     let Some(debian) = shared_fixtures()
         .map(|shared| shared.join("roots/debian12-container"))
         .filter(|root| root.is_dir())
@@ -91,9 +91,9 @@ fn policy_result_follows_the_fix_and_reaches_every_node() -> Result<()> {
     let policy_path = policy_file.to_string_lossy().to_string();
 
     // A plain node may not write the tenant's policies.
-    let refused = c.cli(&["policy", "apply", &policy_path])?;
-    assert!(!refused.status.success(), "a plain node applied a policy");
-    let message = String::from_utf8_lossy(&refused.stderr);
+    let rejected = c.cli(&["policy", "apply", &policy_path])?;
+    assert!(!rejected.status.success(), "a plain node applied a policy");
+    let message = String::from_utf8_lossy(&rejected.stderr);
     assert!(
         message.contains("only operators of tenant default"),
         "unexpected error: {message}"

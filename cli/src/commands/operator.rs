@@ -1,4 +1,4 @@
-//! What the commands that write tenant documents share: this node's key, its verified
+//! Shared setup of the commands that write tenant documents: this node's key, its verified
 //! membership, and the check that it is an operator of the tenant it writes to.
 
 use std::path::Path;

@@ -2,9 +2,9 @@
 //! set|assign|list|remove`, `drift` and `compliance`.
 //!
 //! The writing commands run on an operator node of the tenant. They sign a change to the tenant's
-//! policy document and store it; the running daemon passes it on within a second, and every
-//! node of the tenant evaluates the policies against its own facts. The reading commands open the
-//! store read-only.
+//! policy document and store it. The running daemon passes it on within a second, and every node
+//! of the tenant then evaluates the policies against its own facts. The reading commands open
+//! the store read-only.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -68,7 +68,7 @@ struct ListArgs {
 struct RemoveArgs {
     /// Name of the policy or baseline.
     name: String,
-    /// Tenant whose policy document holds it [default: this operator's own tenant].
+    /// Tenant whose policy document contains it [default: this operator's own tenant].
     #[arg(long)]
     tenant: Option<String>,
 }
@@ -123,7 +123,7 @@ struct AssignArgs {
     /// Condition over the `nodes` table, for example "os_id = 'debian' AND site = 'york'".
     #[arg(long = "where", value_name = "SQL")]
     where_sql: String,
-    /// Tenant whose policy document holds the baseline [default: this operator's own tenant].
+    /// Tenant whose policy document contains the baseline [default: this operator's own tenant].
     #[arg(long)]
     tenant: Option<String>,
 }

@@ -275,7 +275,7 @@ impl Store {
     }
 
     /// Records this node's compliance results in its own document, signs the change and stores
-    /// it. Returns the stored change, or `None` when the document already holds these results.
+    /// it. Returns the stored change, or `None` when the document already contains these results.
     pub fn record_local_compliance(
         &mut self,
         doc_id: &DocId,
