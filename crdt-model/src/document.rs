@@ -148,6 +148,17 @@ impl NodeDocument {
         self.doc.save()
     }
 
+    /// Encodes the change `hash` again from the document's history, compressed as when it was
+    /// first written. Its hash is checked, so the bytes verify against the change's original
+    /// signature. `None` when the document holds no such change.
+    pub fn change_bytes(&mut self, hash: &ChangeHash) -> Option<Vec<u8>> {
+        let mut change = self.doc.get_change_by_hash(hash)?;
+        if change.hash() != *hash {
+            return None;
+        }
+        Some(change.bytes().into_owned())
+    }
+
     /// Returns the document id.
     pub fn id(&self) -> &DocId {
         &self.id

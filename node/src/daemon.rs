@@ -32,11 +32,11 @@ use crate::net::{
     PROTOCOL_VERSION, SYNC_PROTOCOL,
 };
 use crate::policy;
-use crate::store::{Store, StoreError};
+use crate::store::{Compacted, Store, StoreError};
 use crate::sync::{self, Action, Engine, LocalInfo, Message, PeerInfo};
 
-/// Time between two deletions of `changes` rows older than the history retention window. The
-/// first runs at start.
+/// Time between two runs of history retention (deleting `changes` rows and compacting signed
+/// changes older than the window). The first runs at start.
 const HISTORY_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Name of the status file the daemon keeps in its data directory.
@@ -69,8 +69,8 @@ pub struct NodeConfig {
     pub extra_tracked_files: Vec<String>,
     /// Seconds between anti-entropy rounds.
     pub anti_entropy_interval: Duration,
-    /// How long rows of the `changes` table are kept; `None` keeps them all. Signed changes
-    /// are never deleted.
+    /// How long rows of the `changes` table and whole signed changes are kept; `None` keeps
+    /// everything. Older signed changes are compacted, never deleted.
     pub history_retention: Option<Duration>,
 }
 
@@ -417,6 +417,8 @@ impl Node {
         collect_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut maintain_timer = tokio::time::interval(Duration::from_millis(500));
         let mut history_timer = tokio::time::interval(HISTORY_PRUNE_INTERVAL);
+        // Compaction of old signed changes, in steps on the maintenance timer while pending.
+        let mut compaction: Option<Compaction> = None;
         tokio::pin!(shutdown);
 
         loop {
@@ -450,9 +452,16 @@ impl Node {
                 _ = maintain_timer.tick() => {
                     state.redial(&mut swarm);
                     state.take_external_changes(&mut swarm, &mut engine);
+                    if let Some(run) = compaction.as_mut() {
+                        if !run.step(engine.store_mut()) {
+                            compaction = None;
+                        }
+                    }
                 }
                 _ = history_timer.tick(), if config.history_retention.is_some() => {
-                    prune_history(engine.store(), config.history_retention);
+                    if let Some(cutoff) = prune_history(engine.store(), config.history_retention) {
+                        compaction.get_or_insert_with(|| Compaction::new(cutoff));
+                    }
                 }
             }
             state.drain_actions(&mut swarm, &mut engine);
@@ -1453,11 +1462,10 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Deletes the `changes` rows older than `retention` before now, if a retention is set.
-fn prune_history(store: &Store, retention: Option<Duration>) {
-    let Some(retention) = retention else {
-        return;
-    };
+/// Deletes the `changes` rows older than `retention` before now, if a retention is set, and
+/// returns the cutoff time.
+fn prune_history(store: &Store, retention: Option<Duration>) -> Option<i64> {
+    let retention = retention?;
     let window = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
     let cutoff = unix_now().saturating_sub(window);
     match store.prune_history(cutoff) {
@@ -1468,6 +1476,55 @@ fn prune_history(store: &Store, retention: Option<Duration>) {
         ),
         Err(err) => {
             warn!(error = %err, "deleting history rows older than the retention window failed")
+        }
+    }
+    Some(cutoff)
+}
+
+/// Node documents compacted in one step of the maintenance timer. Loading and saving a
+/// 700-package document takes a few milliseconds (an estimate from the store benchmarks), so a
+/// step stays well under the timer's 500 ms.
+const COMPACT_DOCUMENTS_PER_STEP: usize = 16;
+
+/// One run of the compaction of signed changes older than the retention window.
+struct Compaction {
+    cutoff: i64,
+    total: Compacted,
+}
+
+impl Compaction {
+    fn new(cutoff: i64) -> Self {
+        Compaction {
+            cutoff,
+            total: Compacted::default(),
+        }
+    }
+
+    /// Compacts the next documents. Returns whether documents remain for later steps.
+    fn step(&mut self, store: &mut Store) -> bool {
+        match store.compact_changes(self.cutoff, COMPACT_DOCUMENTS_PER_STEP) {
+            Ok(done) => {
+                self.total.changes += done.changes;
+                self.total.bytes += done.bytes;
+                self.total.documents += done.documents;
+                if done.more {
+                    return true;
+                }
+                if self.total.documents > 0 {
+                    info!(
+                        documents = self.total.documents,
+                        changes = self.total.changes,
+                        bytes = self.total.bytes,
+                        cutoff = self.cutoff,
+                        "compacted signed changes older than the retention window"
+                    );
+                }
+                false
+            }
+            Err(err) => {
+                warn!(error = %err, "compacting signed changes older than the retention window failed");
+                false
+            }
         }
     }
 }

@@ -462,6 +462,20 @@ impl TestNode {
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
+    /// Counts the signed changes in this node's store whose bytes were compacted away.
+    pub fn compacted_changes(&self) -> Result<u64> {
+        let conn = rusqlite::Connection::open_with_flags(
+            self.data_dir.join("fleetmesh.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?;
+        let count: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM signed_changes WHERE length(bytes) = 0",
+            [],
+            |row| row.get(0),
+        )?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
     /// Returns the tail of the node's log, for failure messages.
     pub fn log_tail(&self, lines: usize) -> String {
         let bytes = match fs::read(&self.log_path) {

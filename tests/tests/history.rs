@@ -307,5 +307,34 @@ fn upgrade_and_file_edit_reach_history_and_diff() -> Result<()> {
         output
     );
     assert!(String::from_utf8_lossy(&output.stdout).contains(VERSION_AFTER));
+
+    // The same window compacts the signed changes: they lose their bytes, which the snapshot
+    // holds, and keep their hash and signature.
+    wait_for("node-a to compact old signed changes", TIMEOUT, || {
+        Ok((a.compacted_changes()? > 0).then_some(()))
+    })
+    .with_context(|| format!("log of node-a:\n{}", a.log_tail(40)))?;
+    assert!(a
+        .log()
+        .contains("compacted signed changes older than the retention window"));
+
+    // A new node that can reach only A gets B's whole history from A's compacted store, each
+    // change verified against B's original signature, and can diff back before the edits.
+    let b_id = b.node_id()?;
+    b.kill()?;
+    let mut c = TestNode::new(&base, "node-c", &source)?;
+    let a_address = a.quic_address()?;
+    c.join_fleet_of(&a, &a_address)?;
+    c.start(&[])?;
+    let b_changes = a.stored_changes_by(&b_id)?;
+    wait_for(
+        "node-c to receive node-b's changes from node-a",
+        TIMEOUT,
+        || Ok((c.stored_changes_by(&b_id)? == b_changes).then_some(())),
+    )
+    .with_context(|| format!("log of node-c:\n{}", c.log_tail(40)))?;
+    let output = c.cli(&["diff", "node-b", "--at", &at, "--kind", "packages"])?;
+    assert_eq!(output.status.code(), Some(1), "diff on node-c: {output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains(VERSION_AFTER));
     Ok(())
 }

@@ -58,8 +58,9 @@ pub struct UpArgs {
     track: Vec<String>,
 
     /// Keep rows of the `changes` table (what `history` prints) for this long, such as 90d;
-    /// older rows are deleted at start and every hour. Signed changes are always kept.
-    /// [default: keep every row]
+    /// older rows are deleted at start and every hour, and older signed changes are compacted
+    /// to their hash and signature (still synced and verified; see docs/history.md).
+    /// [default: keep everything]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     history_retention: Option<Duration>,
 }

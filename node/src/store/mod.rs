@@ -1,7 +1,9 @@
 //! The node's SQLite store: signed changes, document snapshots, and materialized fact tables.
 //!
-//! Signed changes are the source of truth: the `signed_changes` table is append-only and every
-//! document can be rebuilt from it. Each accepted change is written in one transaction together
+//! Signed changes are the source of truth: rows of the `signed_changes` table are never deleted,
+//! and every document can be rebuilt from its snapshot and them. History retention compacts
+//! old node-document rows to their hash and signature, because the snapshot contains the same
+//! bytes. Readers encode those bytes again from the snapshot (see [`Store::compact_changes`]). Each accepted change is written in one transaction together
 //! with the fact-table rows it changes, so a change is either acknowledged and durable or not
 //! there at all, even after `kill -9` (SQLite in WAL mode with `synchronous = FULL`).
 //!
@@ -105,6 +107,19 @@ pub enum StoreError {
     /// The operation reads node documents only.
     #[error("{0} documents cannot be read as node documents")]
     UnsupportedKind(&'static str),
+}
+
+/// Counts of one run of [`Store::compact_changes`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Compacted {
+    /// Signed changes whose bytes were dropped.
+    pub changes: u64,
+    /// Bytes of change data dropped.
+    pub bytes: u64,
+    /// Documents compacted.
+    pub documents: usize,
+    /// Whether documents beyond the limit still have changes to compact.
+    pub more: bool,
 }
 
 /// The SQLite store of one node.
@@ -386,7 +401,7 @@ impl Store {
     /// Returns every stored change of `doc` in the order they were stored, which respects their
     /// dependencies.
     pub fn document_changes(&self, doc: &DocId) -> Result<Vec<SignedChange>, StoreError> {
-        changes_after(&self.conn, doc, 0)
+        changes_after(&self.conn, doc, 0, true)
     }
 
     /// Stores a change of a tenant document (membership, policy) that this node signed, for
@@ -534,6 +549,100 @@ impl Store {
         materialize::delete_changes_before(&self.conn, time)
     }
 
+    /// Compacts the signed changes of node documents committed before `time` (Unix seconds).
+    ///
+    /// A compacted row keeps its author, sequence number, hash and signature, and drops its
+    /// bytes, which are a second copy of what the document's snapshot already encodes. When a
+    /// peer requests such a change, or a command reads it, the bytes are encoded again from the
+    /// snapshot. Their hash is checked, so the original signature still verifies them. A
+    /// document whose snapshot does not yet cover its old changes gets a fresh snapshot first.
+    /// Tenant documents (membership, policies) have no snapshots and are left whole.
+    ///
+    /// At most `documents_max` documents are compacted per call, so that a caller on an event
+    /// loop can spread a large first run over many short steps.
+    pub fn compact_changes(
+        &mut self,
+        time: i64,
+        documents_max: usize,
+    ) -> Result<Compacted, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT s.doc, MAX(s.rowid), d.snapshot_rowid
+             FROM signed_changes s JOIN documents d ON d.doc = s.doc
+             WHERE d.kind = ?1 AND s.time < ?2 AND length(s.bytes) > 0
+             GROUP BY s.doc LIMIT ?3",
+        )?;
+        let limit = i64::try_from(documents_max.saturating_add(1)).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![DocKind::Node.as_str(), time, limit], |row| {
+            Ok((
+                row.get::<_, Vec<u8>>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
+        })?;
+        let mut due = Vec::new();
+        for row in rows {
+            let (doc, newest_old, snapshot_rowid) = row?;
+            let id = DocId::from_bytes(&doc).map_err(|err| corrupt_text(&self.path, err))?;
+            due.push((id, newest_old, snapshot_rowid));
+        }
+        drop(stmt);
+
+        let mut total = Compacted::default();
+        if due.len() > documents_max {
+            due.truncate(documents_max);
+            total.more = true;
+        }
+        for (id, newest_old, snapshot_rowid) in due {
+            let doc_bytes = id.to_bytes();
+            if snapshot_rowid < newest_old {
+                self.snapshot_now(&id)?;
+            }
+            let tx = self.conn.transaction()?;
+            let (changes, bytes): (i64, i64) = tx.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(length(s.bytes)), 0)
+                 FROM signed_changes s JOIN documents d ON d.doc = s.doc
+                 WHERE s.doc = ?1 AND s.rowid <= d.snapshot_rowid AND s.time < ?2
+                   AND length(s.bytes) > 0",
+                params![doc_bytes, time],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )?;
+            tx.execute(
+                "UPDATE signed_changes SET bytes = x''
+                 WHERE doc = ?1 AND time < ?2 AND length(bytes) > 0
+                   AND rowid <= (SELECT snapshot_rowid FROM documents WHERE doc = ?1)",
+                params![doc_bytes, time],
+            )?;
+            tx.commit()?;
+            total.changes += u64::try_from(changes).unwrap_or(0);
+            total.bytes += u64::try_from(bytes).unwrap_or(0);
+            total.documents += 1;
+        }
+        Ok(total)
+    }
+
+    /// Saves a snapshot of a node document that covers every change stored for it.
+    fn snapshot_now(&mut self, id: &DocId) -> Result<(), StoreError> {
+        let mut doc = self.load_doc(id)?;
+        let doc_bytes = id.to_bytes();
+        let saved = (|| -> Result<(), StoreError> {
+            let rowid: Option<i64> = self.conn.query_row(
+                "SELECT MAX(rowid) FROM signed_changes WHERE doc = ?1",
+                [&doc_bytes],
+                |row| row.get(0),
+            )?;
+            if let Some(rowid) = rowid {
+                self.conn.execute(
+                    "UPDATE documents SET snapshot = ?2, snapshot_rowid = ?3,
+                     changes_since_snapshot = 0 WHERE doc = ?1",
+                    params![doc_bytes, doc.save(), rowid],
+                )?;
+            }
+            Ok(())
+        })();
+        self.return_doc(id.clone(), doc);
+        saved
+    }
+
     /// Saves snapshots of cached documents with unsnapshotted changes; called on shutdown.
     pub fn flush_snapshots(&mut self) -> Result<(), StoreError> {
         let ids: Vec<DocId> = self.docs.ids();
@@ -589,17 +698,17 @@ impl ChangeStore for Store {
     ) -> Result<Vec<SignedChange>, StoreError> {
         let doc_bytes = doc.to_bytes();
         let mut stmt = self.conn.prepare_cached(
-            "SELECT bytes, signature FROM signed_changes
+            "SELECT bytes, signature, hash FROM signed_changes
              WHERE doc = ?1 AND author = ?2 AND seq BETWEEN ?3 AND ?4 ORDER BY seq",
         )?;
         let from = i64::try_from(from).unwrap_or(i64::MAX);
         let to = i64::try_from(to).unwrap_or(i64::MAX);
-        let rows = stmt.query_map(params![doc_bytes, author.0.to_vec(), from, to], |row| {
-            Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, Option<Vec<u8>>>(1)?))
-        })?;
+        let rows = stmt.query_map(params![doc_bytes, author.0.to_vec(), from, to], read_row)?;
+        let mut refill = Refill::new(&self.conn, doc);
         let mut out = Vec::new();
         for row in rows {
-            let (bytes, signature) = row?;
+            let (bytes, signature, hash) = row?;
+            let bytes = refill.bytes(bytes, &hash)?;
             out.push(decode_row(doc_bytes.clone(), bytes, signature)?);
         }
         Ok(out)
@@ -664,7 +773,8 @@ pub fn read_document(conn: &Connection, id: &DocId) -> Result<NodeDocument, Stor
         _ => (NodeDocument::new(id.tenant.clone(), NodeId(id.key)), 0),
     };
 
-    for change in changes_after(conn, id, after_rowid)? {
+    // Compacted rows are never newer than the snapshot, so none is read here.
+    for change in changes_after(conn, id, after_rowid, false)? {
         doc.apply(&change)?;
     }
     Ok(doc)
@@ -673,7 +783,7 @@ pub fn read_document(conn: &Connection, id: &DocId) -> Result<NodeDocument, Stor
 /// Reads every stored change of `id` in storage order, which respects their dependencies. Read
 /// commands call this on a read-only connection.
 pub fn read_changes(conn: &Connection, id: &DocId) -> Result<Vec<SignedChange>, StoreError> {
-    changes_after(conn, id, 0)
+    changes_after(conn, id, 0, true)
 }
 
 /// Lists the stored documents of one kind.
@@ -693,26 +803,91 @@ pub fn list_documents(conn: &Connection, kind: DocKind) -> Result<Vec<DocId>, St
     Ok(out)
 }
 
-/// Reads the changes of `id` stored after `after_rowid`, in storage order.
+/// Reads the changes of `id` stored after `after_rowid`, in storage order. With `refill`,
+/// compacted rows get their bytes from the document's snapshot. Without it, a compacted row is
+/// an error, because the caller is itself rebuilding the document from that snapshot.
 fn changes_after(
     conn: &Connection,
     id: &DocId,
     after_rowid: i64,
+    refill: bool,
 ) -> Result<Vec<SignedChange>, StoreError> {
     let doc_bytes = id.to_bytes();
     let mut stmt = conn.prepare_cached(
-        "SELECT bytes, signature FROM signed_changes WHERE doc = ?1 AND rowid > ?2
+        "SELECT bytes, signature, hash FROM signed_changes WHERE doc = ?1 AND rowid > ?2
          ORDER BY rowid",
     )?;
-    let rows = stmt.query_map(params![doc_bytes, after_rowid], |row| {
-        Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, Option<Vec<u8>>>(1)?))
-    })?;
+    let rows = stmt.query_map(params![doc_bytes, after_rowid], read_row)?;
+    let mut source = Refill::new(conn, id);
     let mut out = Vec::new();
     for row in rows {
-        let (bytes, signature) = row?;
+        let (bytes, signature, hash) = row?;
+        let bytes = if refill || !bytes.is_empty() {
+            source.bytes(bytes, &hash)?
+        } else {
+            return Err(StoreError::Corrupt {
+                path: conn_path(conn),
+                reason: format!(
+                    "change {} of {id} was compacted but is newer than the document's snapshot",
+                    hex_of(&hash)
+                ),
+            });
+        };
         out.push(decode_row(doc_bytes.clone(), bytes, signature)?);
     }
     Ok(out)
+}
+
+/// One `signed_changes` row as read for decoding: bytes, signature and hash.
+type ChangeRow = (Vec<u8>, Option<Vec<u8>>, Vec<u8>);
+
+fn read_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ChangeRow> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+}
+
+/// Supplies the bytes of compacted rows, encoded again from the document's snapshot, which is
+/// loaded on the first compacted row only.
+struct Refill<'a> {
+    conn: &'a Connection,
+    id: &'a DocId,
+    doc: Option<NodeDocument>,
+}
+
+impl<'a> Refill<'a> {
+    fn new(conn: &'a Connection, id: &'a DocId) -> Self {
+        Refill {
+            conn,
+            id,
+            doc: None,
+        }
+    }
+
+    /// Returns `stored` when the row kept its bytes, or the change re-encoded from the document.
+    fn bytes(&mut self, stored: Vec<u8>, hash: &[u8]) -> Result<Vec<u8>, StoreError> {
+        if !stored.is_empty() {
+            return Ok(stored);
+        }
+        let missing = |reason: &str| StoreError::Corrupt {
+            path: conn_path(self.conn),
+            reason: format!("compacted change {} of {}: {reason}", hex_of(hash), self.id),
+        };
+        let hash = ChangeHash::try_from(hash).map_err(|_| missing("its hash is not 32 bytes"))?;
+        let doc = match &mut self.doc {
+            Some(doc) => doc,
+            None => self.doc.insert(read_document(self.conn, self.id)?),
+        };
+        doc.change_bytes(&hash)
+            .ok_or_else(|| missing("the document's snapshot does not contain it"))
+    }
+}
+
+/// Returns the database file of `conn`, for error messages.
+fn conn_path(conn: &Connection) -> PathBuf {
+    PathBuf::from(conn.path().unwrap_or(DB_FILE))
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// Turns a `signed_changes` row back into a change.
