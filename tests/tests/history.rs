@@ -277,6 +277,47 @@ fn upgrade_and_file_edit_reach_history_and_diff() -> Result<()> {
         &["1970-01-02", "first change", "later time"],
     );
 
+    // A baseline taken from B as it was before the edits: B now drifts from it by the upgrade
+    // and the edit.
+    let text = a.cli_ok(&[
+        "baseline",
+        "set",
+        "before-edit",
+        "--from",
+        "node-b",
+        "--at",
+        &at,
+    ])?;
+    assert!(
+        text.contains("baseline before-edit recorded from node-b"),
+        "{text}"
+    );
+    a.cli_ok(&[
+        "baseline",
+        "assign",
+        "before-edit",
+        "--where",
+        "hostname = 'node-b'",
+    ])?;
+    let output = a.cli(&["drift", "--baseline", "before-edit", "--json"])?;
+    assert_eq!(output.status.code(), Some(1), "drift: {output:?}");
+    let drift = String::from_utf8_lossy(&output.stdout);
+    assert!(drift.contains(VERSION_AFTER), "{drift}");
+    assert!(drift.contains(&version_before), "{drift}");
+    assert!(drift.contains(LINE_AFTER), "{drift}");
+    assert_one_error_line(
+        &a.cli(&[
+            "baseline",
+            "set",
+            "too-early",
+            "--from",
+            "node-b",
+            "--at",
+            "1970-01-02",
+        ])?,
+        &["1970-01-02", "first change", "later --at"],
+    );
+
     // Retention: a restart with a 1-second window deletes the rows `history` reads. The signed
     // changes stay, so `diff` still reaches back before the edits.
     let signed_before = a.stored_changes()?;
@@ -308,8 +349,8 @@ fn upgrade_and_file_edit_reach_history_and_diff() -> Result<()> {
     );
     assert!(String::from_utf8_lossy(&output.stdout).contains(VERSION_AFTER));
 
-    // The same window compacts the signed changes: they lose their bytes, which the snapshot
-    // holds, and keep their hash and signature.
+    // The same window compacts the signed changes. They lose their bytes, which the snapshot
+    // contains, and keep their hash and signature.
     wait_for("node-a to compact old signed changes", TIMEOUT, || {
         Ok((a.compacted_changes()? > 0).then_some(()))
     })

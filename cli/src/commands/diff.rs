@@ -127,7 +127,8 @@ impl Side {
     }
 }
 
-fn first_change_time(doc: &mut NodeDocument) -> Option<i64> {
+/// Returns the commit time of the document's first change.
+pub(crate) fn first_change_time(doc: &mut NodeDocument) -> Option<i64> {
     doc.changes().iter().map(|change| change.timestamp()).min()
 }
 

@@ -10,13 +10,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use fleetmesh_model::membership::format_utc;
 use fleetmesh_model::policy::{
     Assignment, Baseline, CheckStatus, Policy, PolicyDocument, RecordKind,
 };
-use fleetmesh_model::{Action, DocId, DocKind, FactChange, NodeDocument, NodeId, TenantId};
+use fleetmesh_model::{
+    Action, ChangeHash, DocId, DocKind, FactChange, NodeDocument, NodeId, TenantId,
+};
 use fleetmesh_node::keyfile;
 use fleetmesh_node::policy::{self as evaluation};
 use fleetmesh_node::query::{self, Format, QueryOptions, QueryResult};
@@ -24,6 +26,8 @@ use fleetmesh_node::store::{self, Store};
 use rusqlite::Connection;
 use serde_json::{json, Value as Json};
 
+use super::diff::first_change_time;
+use super::history::time_option;
 use super::{operator, read};
 
 /// Options of `fleetmesh policy`.
@@ -111,6 +115,10 @@ struct SetArgs {
     /// Node id, unique prefix or hostname whose configuration becomes the standard.
     #[arg(long = "from", value_name = "NODE")]
     from: String,
+    /// Record the node's configuration as it was at this time: a duration back from now (7d,
+    /// 12h) or a UTC time (2026-12-01, 2026-12-01T10:00:00Z) [default: its current state].
+    #[arg(long, value_name = "TIME")]
+    at: Option<String>,
     /// Tenant whose policy document receives it [default: this operator's own tenant].
     #[arg(long)]
     tenant: Option<String>,
@@ -259,8 +267,28 @@ fn set_baseline(data_dir: &Path, args: SetArgs) -> anyhow::Result<ExitCode> {
     let mut op = operator::open(data_dir, args.tenant.as_deref(), "baseline set")?;
     let conn = read::open(data_dir)?;
     let (node, mut doc) = node_document(&conn, &args.from)?;
-    let facts = doc.facts(None)?;
-    let taken_at = doc.last_change_time().unwrap_or(op.now);
+    let (facts, taken_at) = match &args.at {
+        None => (doc.facts(None)?, doc.last_change_time().unwrap_or(op.now)),
+        Some(text) => {
+            let time = time_option("--at", text, op.now)?;
+            let heads = doc.heads_at_time(time);
+            let Some(committed) = commit_time(&mut doc, &heads) else {
+                match first_change_time(&mut doc) {
+                    Some(first) => bail!(
+                        "node {} has no recorded state at {}: its first change is from {}; pass a later --at",
+                        args.from,
+                        format_utc(time),
+                        format_utc(first)
+                    ),
+                    None => bail!(
+                        "node {} has no recorded facts yet; wait for its first change to arrive",
+                        args.from
+                    ),
+                }
+            };
+            (doc.facts(Some(&heads))?, committed)
+        }
+    };
     let baseline = Baseline {
         name: args.name.clone(),
         source_node: node.to_string(),
@@ -822,6 +850,15 @@ fn assigned_nodes(
         .into_iter()
         .filter_map(|row| row.first().and_then(|v| v.as_str().map(str::to_string)))
         .collect())
+}
+
+/// Returns the commit time of the newest change among `heads`, or `None` for no heads.
+fn commit_time(doc: &mut NodeDocument, heads: &[ChangeHash]) -> Option<i64> {
+    doc.changes()
+        .iter()
+        .filter(|change| heads.contains(&change.hash()))
+        .map(|change| change.timestamp())
+        .max()
 }
 
 /// Finds a node by selector and rebuilds its document from the store.
