@@ -157,19 +157,16 @@ pub(crate) fn read_map(
     obj: &ObjId,
     heads: Option<&[ChangeHash]>,
 ) -> Result<Map<String, Json>, AutomergeError> {
-    let keys: Vec<String> = match heads {
-        Some(heads) => doc.keys_at(obj, heads).collect(),
-        None => doc.keys(obj).collect(),
+    // One pass over the map's entries; a lookup per key would search the map again each time.
+    let entries = match heads {
+        Some(heads) => doc.map_range_at(obj, .., heads),
+        None => doc.map_range(obj, ..),
     };
     let mut out = Map::new();
-    for key in keys {
-        let entry = match heads {
-            Some(heads) => doc.get_at(obj, key.as_str(), heads)?,
-            None => doc.get(obj, key.as_str())?,
-        };
-        if let Some((value, id)) = entry {
-            out.insert(key, read_value(doc, value, &id, heads)?);
-        }
+    for entry in entries {
+        let id = entry.id();
+        let value = Value::from(entry.value);
+        out.insert(entry.key.into_owned(), read_value(doc, value, &id, heads)?);
     }
     Ok(out)
 }
