@@ -23,7 +23,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit())
         .ok_or_else(invalid)?;
     let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| invalid())?;
     let unit_secs: u64 = match unit {
         "s" => 1,
         "m" => 60,
@@ -32,12 +31,24 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "w" => 7 * 86_400,
         _ => return Err(invalid()),
     };
+    let too_long = || format!("duration {text:?} is too long: use at most {DURATION_DAYS_MAX}d");
+    if number.is_empty() {
+        return Err(invalid());
+    }
+    let number: u64 = match number.parse() {
+        Ok(number) => number,
+        // Digits only, so the only way to fail is a number beyond u64.
+        Err(_) => return Err(too_long()),
+    };
     match number.checked_mul(unit_secs) {
-        // Seconds must also fit the signed Unix times they are added to.
-        Some(secs) if secs > 0 && i64::try_from(secs).is_ok() => Ok(Duration::from_secs(secs)),
-        _ => Err(invalid()),
+        Some(0) => Err(invalid()),
+        Some(secs) if secs <= DURATION_DAYS_MAX * 86_400 => Ok(Duration::from_secs(secs)),
+        _ => Err(too_long()),
     }
 }
+
+/// Maximum duration accepted, in days: about 100 years.
+const DURATION_DAYS_MAX: u64 = 36_500;
 
 /// Parses a duration like [`parse_duration`] into whole seconds.
 pub fn parse_duration_secs(text: &str) -> Result<i64, String> {
@@ -105,7 +116,6 @@ mod tests {
             "24 h",
             "24hours",
             "5 parsecs",
-            "99999999999999999999d",
         ] {
             let err = parse_duration(text).unwrap_err();
             assert!(err.contains("e.g. 30m"), "{text:?}: {err}");
@@ -114,9 +124,21 @@ mod tests {
     }
 
     #[test]
-    fn duration_rejects_overflow_of_signed_seconds() {
-        assert!(parse_duration(&format!("{}w", i64::MAX / 2)).is_err());
-        assert!(parse_duration(&format!("{}s", u64::MAX)).is_err());
+    fn duration_rejects_too_long() {
+        for text in [
+            "99999999999999999999d".to_string(),
+            format!("{}w", i64::MAX / 2),
+            format!("{}s", u64::MAX),
+            "36501d".to_string(),
+        ] {
+            let err = parse_duration(&text).unwrap_err();
+            assert!(err.contains("too long"), "{text:?}: {err}");
+            assert!(err.contains("36500d"), "{text:?}: {err}");
+        }
+        assert_eq!(
+            parse_duration("36500d"),
+            Ok(Duration::from_secs(36_500 * 86_400))
+        );
     }
 
     #[test]

@@ -327,6 +327,15 @@ impl RecordKind {
             RecordKind::Assignment => "assignment/",
         }
     }
+
+    /// Returns what the record's name names, for error messages: an assignment is named after
+    /// its baseline.
+    fn name_kind(self) -> &'static str {
+        match self {
+            RecordKind::Policy => "policy",
+            RecordKind::Baseline | RecordKind::Assignment => "baseline",
+        }
+    }
 }
 
 /// A record that did not decode, for logging and reports.
@@ -384,7 +393,7 @@ impl PolicyDocument {
         time: i64,
         author: &SigningKey,
     ) -> Result<Option<SignedChange>, PolicyError> {
-        validate_name("record", name)?;
+        validate_name(kind.name_kind(), name)?;
         let text = serde_json::to_string(record).map_err(|err| DocumentError::Schema {
             doc: self.id.to_string(),
             section: "record",

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::SigningKey;
-use fleetmesh_model::membership::{CertificateChain, FleetId, Scope};
+use fleetmesh_model::membership::{format_utc, CertificateChain, FleetId, Scope};
 use fleetmesh_model::policy::CheckStatus;
 use fleetmesh_model::{ComplianceResult, DocId, DocKind, Identity, NodeId, TenantId};
 use futures::StreamExt;
@@ -1468,11 +1468,18 @@ fn prune_history(store: &Store, retention: Option<Duration>) -> Option<i64> {
     let retention = retention?;
     let window = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
     let cutoff = unix_now().saturating_sub(window);
+    let before = format_utc(cutoff);
     match store.prune_history(cutoff) {
-        Ok(0) => debug!(cutoff, "no history rows older than the retention window"),
+        Ok(0) => info!(
+            window_secs = window,
+            %before,
+            "history retention: no history rows older than the window"
+        ),
         Ok(deleted) => info!(
             deleted,
-            cutoff, "deleted history rows older than the retention window"
+            window_secs = window,
+            %before,
+            "deleted history rows older than the retention window"
         ),
         Err(err) => {
             warn!(error = %err, "deleting history rows older than the retention window failed")
@@ -1514,8 +1521,8 @@ impl Compaction {
                     info!(
                         documents = self.total.documents,
                         changes = self.total.changes,
-                        bytes = self.total.bytes,
-                        cutoff = self.cutoff,
+                        change_bytes_dropped = self.total.bytes,
+                        before = %format_utc(self.cutoff),
                         "compacted signed changes older than the retention window"
                     );
                 }

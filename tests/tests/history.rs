@@ -276,6 +276,10 @@ fn upgrade_and_file_edit_reach_history_and_diff() -> Result<()> {
         &a.cli(&["diff", "node-b", "--at", "1970-01-02"])?,
         &["1970-01-02", "first change", "later time"],
     );
+    assert_one_error_line(
+        &a.cli(&["diff", "node-b", "--at", "2099-01-01"])?,
+        &["\"2099-01-01\"", "in the future", "up to now"],
+    );
 
     // A baseline taken from B as it was before the edits: B now drifts from it by the upgrade
     // and the edit.

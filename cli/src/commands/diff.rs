@@ -22,7 +22,7 @@ use fleetmesh_node::query::NodeSummary;
 use fleetmesh_node::store::{self, Store};
 use serde_json::{json, Value as Json};
 
-use super::history::{ignore_broken_pipe, node_label, time_option, write_fact};
+use super::history::{ignore_broken_pipe, node_label, past_time_option, write_fact};
 use super::read::{find_node, open};
 
 /// Options of `fleetmesh diff`.
@@ -148,14 +148,14 @@ pub fn run(data_dir: &Path, args: DiffArgs) -> anyhow::Result<ExitCode> {
 
     let (from_time, to_time) = match (&args.at, &args.from, &args.other) {
         (Some(at), _, Some(_)) => {
-            let at = time_option("--at", at, now)?;
+            let at = past_time_option("--at", at, now)?;
             (Some(at), Some(at))
         }
-        (Some(at), _, None) => (Some(time_option("--at", at, now)?), None),
+        (Some(at), _, None) => (Some(past_time_option("--at", at, now)?), None),
         (None, Some(from), _) => {
-            let from = time_option("--from", from, now)?;
+            let from = past_time_option("--from", from, now)?;
             let to = match &args.to {
-                Some(to) => Some(time_option("--to", to, now)?),
+                Some(to) => Some(past_time_option("--to", to, now)?),
                 None => None,
             };
             if let Some(to) = to.filter(|&to| to < from) {

@@ -52,6 +52,20 @@ pub(crate) fn time_option(option: &str, text: &str, now: i64) -> anyhow::Result<
     parse_time(text, now).map_err(|err| anyhow::anyhow!("{option}: {err}"))
 }
 
+/// Parses the time of a state to read, which cannot lie in the future: a future time would
+/// silently read the current state, and is most likely a typo.
+pub(crate) fn past_time_option(option: &str, text: &str, now: i64) -> anyhow::Result<i64> {
+    let time = time_option(option, text, now)?;
+    if time > now {
+        bail!(
+            "{option} {text:?} is {}, in the future; pass a time up to now ({})",
+            format_utc(time),
+            format_utc(now)
+        );
+    }
+    Ok(time)
+}
+
 /// Prints the changes of one node.
 pub fn run(data_dir: &Path, args: HistoryArgs) -> anyhow::Result<ExitCode> {
     let now = unix_now();
@@ -104,7 +118,8 @@ pub fn run(data_dir: &Path, args: HistoryArgs) -> anyhow::Result<ExitCode> {
         let label = node_label(&summary.node_id, summary.hostname.as_deref());
         if args.since.is_some() || args.until.is_some() || path.is_some() {
             eprintln!(
-                "no recorded change of {label} matches the given --since, --until and --path"
+                "no recorded change of {label} matches the given --since, --until and --path; \
+                 with --history-retention, changes older than the window are no longer listed"
             );
         } else {
             eprintln!(

@@ -69,8 +69,34 @@ pub fn run(data_dir: &Path, args: JoinArgs) -> anyhow::Result<ExitCode> {
         member.site,
         format_utc(member.expires)
     );
-    eprintln!("Start the node with: fleetmesh up");
+    eprintln!("Start the node with: {}", up_command(data_dir));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Returns the `fleetmesh up` command for `data_dir`, naming the directory unless `up` finds it
+/// by itself (the default, or the one in `FLEETMESH_DATA_DIR`).
+fn up_command(data_dir: &Path) -> String {
+    let from_env = std::env::var_os("FLEETMESH_DATA_DIR").map(std::path::PathBuf::from);
+    if data_dir == crate::paths::default_data_dir() || from_env.as_deref() == Some(data_dir) {
+        return "fleetmesh up".to_string();
+    }
+    format!(
+        "fleetmesh up --data-dir {}",
+        shell_word(&data_dir.to_string_lossy())
+    )
+}
+
+/// Quotes `text` for a POSIX shell when it contains anything but plain path characters.
+fn shell_word(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@".contains(&b));
+    if plain {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
 }
 
 fn read_token_line() -> anyhow::Result<String> {
@@ -89,4 +115,26 @@ fn read_token_line() -> anyhow::Result<String> {
         );
     }
     Ok(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_word_quotes_only_when_needed() {
+        assert_eq!(shell_word("/var/lib/fleetmesh"), "/var/lib/fleetmesh");
+        assert_eq!(shell_word("/tmp/my data"), "'/tmp/my data'");
+        assert_eq!(shell_word("/tmp/it's"), "'/tmp/it'\\''s'");
+        assert_eq!(shell_word(""), "''");
+    }
+
+    #[test]
+    fn up_command_names_other_data_dir() {
+        let command = up_command(Path::new("/srv/fleetmesh-test/node-b"));
+        assert_eq!(
+            command,
+            "fleetmesh up --data-dir /srv/fleetmesh-test/node-b"
+        );
+    }
 }

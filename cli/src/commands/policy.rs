@@ -27,7 +27,7 @@ use rusqlite::Connection;
 use serde_json::{json, Value as Json};
 
 use super::diff::first_change_time;
-use super::history::time_option;
+use super::history::past_time_option;
 use super::{operator, read};
 
 /// Options of `fleetmesh policy`.
@@ -98,7 +98,7 @@ pub struct BaselineArgs {
 
 #[derive(Subcommand, Debug)]
 enum BaselineCommand {
-    /// Record a node's current configuration as a standard (operator nodes).
+    /// Record a node's configuration, now or at an earlier time, as a standard (operator nodes).
     Set(SetArgs),
     /// Assign a baseline to the nodes a SQL condition selects (operator nodes).
     Assign(AssignArgs),
@@ -217,15 +217,20 @@ fn apply(data_dir: &Path, args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let mut op = operator::open(data_dir, args.tenant.as_deref(), "policy apply")?;
     let checks = policy.checks.len();
     match write_record(&mut op, RecordKind::Policy, &policy.name, &policy)? {
-        true => {
-            let plural = if checks == 1 { "" } else { "s" };
+        written @ (Written::New | Written::Replaced) => {
+            let replaced = match written {
+                Written::Replaced => ", replacing the previous version",
+                _ => "",
+            };
             println!(
-                "policy {} with {checks} check{plural} written to tenant {}",
-                policy.name, op.tenant
+                "policy {} with {checks} {} written to tenant {}{replaced}",
+                policy.name,
+                plural(checks, "check", "checks"),
+                op.tenant
             );
             eprintln!("A running node passes it on within a second; every node of the tenant then evaluates it.");
         }
-        false => println!(
+        Written::Unchanged => println!(
             "policy {} is already in tenant {} as written",
             policy.name, op.tenant
         ),
@@ -270,7 +275,7 @@ fn set_baseline(data_dir: &Path, args: SetArgs) -> anyhow::Result<ExitCode> {
     let (facts, taken_at) = match &args.at {
         None => (doc.facts(None)?, doc.last_change_time().unwrap_or(op.now)),
         Some(text) => {
-            let time = time_option("--at", text, op.now)?;
+            let time = past_time_option("--at", text, op.now)?;
             let heads = doc.heads_at_time(time);
             let Some(committed) = commit_time(&mut doc, &heads) else {
                 match first_change_time(&mut doc) {
@@ -298,14 +303,19 @@ fn set_baseline(data_dir: &Path, args: SetArgs) -> anyhow::Result<ExitCode> {
     };
     let packages = facts.packages.len();
     match write_record(&mut op, RecordKind::Baseline, &args.name, &baseline)? {
-        true => println!(
-            "baseline {} recorded from {} ({packages} packages, state of {}) in tenant {}",
+        written @ (Written::New | Written::Replaced) => println!(
+            "baseline {} {} from {} ({packages} packages, state of {}) in tenant {}",
             args.name,
+            if written == Written::Replaced {
+                "replaced, now recorded"
+            } else {
+                "recorded"
+            },
             baseline.source_hostname,
             format_utc(taken_at),
             op.tenant
         ),
-        false => println!("baseline {} already holds this configuration", args.name),
+        Written::Unchanged => println!("baseline {} already holds this configuration", args.name),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -334,31 +344,56 @@ fn assign(data_dir: &Path, args: AssignArgs) -> anyhow::Result<ExitCode> {
         where_sql: args.where_sql.clone(),
     };
     match write_record(&mut op, RecordKind::Assignment, &args.name, &assignment)? {
-        true => println!(
+        Written::New | Written::Replaced => println!(
             "baseline {} assigned to nodes where {} ({} in the local replica now)",
             args.name,
             args.where_sql,
             selected.len()
         ),
-        false => println!("baseline {} already has this assignment", args.name),
+        Written::Unchanged => println!("baseline {} already has this assignment", args.name),
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes one record and stores the change; returns whether anything changed.
+/// Outcome of [`write_record`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Written {
+    /// No record of that name existed.
+    New,
+    /// A different record of that name was replaced.
+    Replaced,
+    /// The document already contained exactly this record.
+    Unchanged,
+}
+
+/// Writes one record and stores the change.
 fn write_record<T: serde::Serialize>(
     op: &mut operator::Operator,
     kind: RecordKind,
     name: &str,
     record: &T,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Written> {
     let mut doc = policy_document(&op.store, &op.tenant)?;
+    let existed = doc.records::<Json>(kind).0.contains_key(name);
     match doc.put(kind, name, record, op.now, &op.key)? {
         Some(change) => {
             op.store.insert_local_tenant_change(&change)?;
-            Ok(true)
+            Ok(if existed {
+                Written::Replaced
+            } else {
+                Written::New
+            })
         }
-        None => Ok(false),
+        None => Ok(Written::Unchanged),
+    }
+}
+
+/// Returns `singular` for a count of 1 and `several` otherwise.
+fn plural(count: usize, singular: &'static str, several: &'static str) -> &'static str {
+    if count == 1 {
+        singular
+    } else {
+        several
     }
 }
 
@@ -589,12 +624,21 @@ pub fn drift(data_dir: &Path, args: DriftArgs) -> anyhow::Result<ExitCode> {
                 println!("{label}: matches");
                 continue;
             }
-            println!("{label}: {} deviations", deviations.len());
+            println!(
+                "{label}: {} {}",
+                deviations.len(),
+                plural(deviations.len(), "deviation", "deviations")
+            );
             for change in &deviations {
                 print_deviation(change);
             }
         }
-        println!("{} nodes checked, {deviating} deviate", reports.len());
+        println!(
+            "{} {} checked, {deviating} {}",
+            reports.len(),
+            plural(reports.len(), "node", "nodes"),
+            plural(deviating, "deviates", "deviate")
+        );
     }
     Ok(if deviating > 0 {
         ExitCode::from(1)

@@ -57,9 +57,10 @@ pub struct UpArgs {
     #[arg(long = "track", value_name = "PATH")]
     track: Vec<String>,
 
-    /// Keep rows of the `changes` table (what `history` prints) for this long, such as 90d;
-    /// older rows are deleted at start and every hour, and older signed changes are compacted
-    /// to their hash and signature (still synced and verified; see docs/history.md).
+    /// Keep rows of the `changes` table (what `history` prints) for this long: a number and a
+    /// unit s, m, h, d or w, such as 90d. Older rows are deleted, and older signed changes are
+    /// compacted to their hash and signature (still synced and verified; see docs/history.md).
+    /// This runs at start and then every hour, so rows can outlive the window by up to an hour.
     /// [default: keep everything]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     history_retention: Option<Duration>,
