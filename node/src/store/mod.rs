@@ -623,22 +623,7 @@ impl Store {
     /// Saves a snapshot of a node document that covers every change stored for it.
     fn snapshot_now(&mut self, id: &DocId) -> Result<(), StoreError> {
         let mut doc = self.load_doc(id)?;
-        let doc_bytes = id.to_bytes();
-        let saved = (|| -> Result<(), StoreError> {
-            let rowid: Option<i64> = self.conn.query_row(
-                "SELECT MAX(rowid) FROM signed_changes WHERE doc = ?1",
-                [&doc_bytes],
-                |row| row.get(0),
-            )?;
-            if let Some(rowid) = rowid {
-                self.conn.execute(
-                    "UPDATE documents SET snapshot = ?2, snapshot_rowid = ?3,
-                     changes_since_snapshot = 0 WHERE doc = ?1",
-                    params![doc_bytes, doc.save(), rowid],
-                )?;
-            }
-            Ok(())
-        })();
+        let saved = write_snapshot(&self.conn, id, &mut doc);
         self.return_doc(id.clone(), doc);
         saved
     }
@@ -647,25 +632,44 @@ impl Store {
     pub fn flush_snapshots(&mut self) -> Result<(), StoreError> {
         let ids: Vec<DocId> = self.docs.ids();
         for id in ids {
-            if let Some(mut doc) = self.docs.take(&id) {
-                let doc_bytes = id.to_bytes();
-                let rowid: Option<i64> = self.conn.query_row(
-                    "SELECT MAX(rowid) FROM signed_changes WHERE doc = ?1",
-                    [&doc_bytes],
+            let pending: i64 = self
+                .conn
+                .query_row(
+                    "SELECT changes_since_snapshot FROM documents WHERE doc = ?1",
+                    [id.to_bytes()],
                     |row| row.get(0),
-                )?;
-                if let Some(rowid) = rowid {
-                    self.conn.execute(
-                        "UPDATE documents SET snapshot = ?2, snapshot_rowid = ?3,
-                         changes_since_snapshot = 0 WHERE doc = ?1 AND changes_since_snapshot > 0",
-                        params![doc_bytes, doc.save(), rowid],
-                    )?;
-                }
+                )
+                .optional()?
+                .unwrap_or(0);
+            if pending == 0 {
+                continue;
+            }
+            if let Some(mut doc) = self.docs.take(&id) {
+                let saved = write_snapshot(&self.conn, &id, &mut doc);
                 self.docs.put(id, doc);
+                saved?;
             }
         }
         Ok(())
     }
+}
+
+/// Writes `doc` as the snapshot of `id`, covering every change stored for it.
+fn write_snapshot(conn: &Connection, id: &DocId, doc: &mut NodeDocument) -> Result<(), StoreError> {
+    let doc_bytes = id.to_bytes();
+    let rowid: Option<i64> = conn.query_row(
+        "SELECT MAX(rowid) FROM signed_changes WHERE doc = ?1",
+        [&doc_bytes],
+        |row| row.get(0),
+    )?;
+    if let Some(rowid) = rowid {
+        conn.execute(
+            "UPDATE documents SET snapshot = ?2, snapshot_rowid = ?3, changes_since_snapshot = 0
+             WHERE doc = ?1",
+            params![doc_bytes, doc.save(), rowid],
+        )?;
+    }
+    Ok(())
 }
 
 impl ChainIndex for Store {
