@@ -762,6 +762,18 @@ pub fn read_document(conn: &Connection, id: &DocId) -> Result<NodeDocument, Stor
     if id.kind != DocKind::Node {
         return Err(StoreError::UnsupportedKind(id.kind.as_str()));
     }
+    // The snapshot and the changes after it are read in one read transaction. Otherwise the
+    // daemon could write a newer snapshot and compact the rows after the older one in between.
+    conn.execute_batch("SAVEPOINT read_document")?;
+    let doc = read_snapshot_and_changes(conn, id);
+    let released = conn.execute_batch("RELEASE read_document");
+    let doc = doc?;
+    released?;
+    Ok(doc)
+}
+
+/// Loads the snapshot of the node document `id` and applies the changes stored after it.
+fn read_snapshot_and_changes(conn: &Connection, id: &DocId) -> Result<NodeDocument, StoreError> {
     let doc_bytes = id.to_bytes();
     let snapshot: Option<(Option<Vec<u8>>, i64)> = conn
         .query_row(
