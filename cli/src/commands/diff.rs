@@ -133,7 +133,7 @@ pub(crate) fn first_change_time(doc: &mut NodeDocument) -> Option<i64> {
 }
 
 /// Returns the sequence number and commit time of the newest change among `heads`.
-fn last_change_of(doc: &mut NodeDocument, heads: &[ChangeHash]) -> Option<(u64, i64)> {
+pub(crate) fn last_change_of(doc: &mut NodeDocument, heads: &[ChangeHash]) -> Option<(u64, i64)> {
     doc.changes()
         .iter()
         .filter(|change| heads.contains(&change.hash()))

@@ -16,9 +16,7 @@ use fleetmesh_model::membership::format_utc;
 use fleetmesh_model::policy::{
     Assignment, Baseline, CheckStatus, Policy, PolicyDocument, RecordKind,
 };
-use fleetmesh_model::{
-    Action, ChangeHash, DocId, DocKind, FactChange, NodeDocument, NodeId, TenantId,
-};
+use fleetmesh_model::{Action, DocId, DocKind, FactChange, NodeDocument, NodeId, TenantId};
 use fleetmesh_node::keyfile;
 use fleetmesh_node::policy::{self as evaluation};
 use fleetmesh_node::query::{self, Format, QueryOptions, QueryResult};
@@ -26,7 +24,7 @@ use fleetmesh_node::store::{self, Store};
 use rusqlite::Connection;
 use serde_json::{json, Value as Json};
 
-use super::diff::first_change_time;
+use super::diff::{first_change_time, last_change_of};
 use super::history::past_time_option;
 use super::{operator, read};
 
@@ -277,7 +275,7 @@ fn set_baseline(data_dir: &Path, args: SetArgs) -> anyhow::Result<ExitCode> {
         Some(text) => {
             let time = past_time_option("--at", text, op.now)?;
             let heads = doc.heads_at_time(time);
-            let Some(committed) = commit_time(&mut doc, &heads) else {
+            let Some((_, committed)) = last_change_of(&mut doc, &heads) else {
                 match first_change_time(&mut doc) {
                     Some(first) => bail!(
                         "node {} has no recorded state at {}: its first change is from {}; pass a later --at",
@@ -894,15 +892,6 @@ fn assigned_nodes(
         .into_iter()
         .filter_map(|row| row.first().and_then(|v| v.as_str().map(str::to_string)))
         .collect())
-}
-
-/// Returns the commit time of the newest change among `heads`, or `None` for no heads.
-fn commit_time(doc: &mut NodeDocument, heads: &[ChangeHash]) -> Option<i64> {
-    doc.changes()
-        .iter()
-        .filter(|change| heads.contains(&change.hash()))
-        .map(|change| change.timestamp())
-        .max()
 }
 
 /// Finds a node by selector and rebuilds its document from the store.
