@@ -150,7 +150,7 @@ impl NodeDocument {
 
     /// Encodes the change `hash` again from the document's history, compressed as when it was
     /// first written. Its hash is checked, so the bytes verify against the change's original
-    /// signature. `None` when the document holds no such change.
+    /// signature. `None` when the document contains no such change.
     pub fn change_bytes(&mut self, hash: &ChangeHash) -> Option<Vec<u8>> {
         let mut change = self.doc.get_change_by_hash(hash)?;
         if change.hash() != *hash {
