@@ -439,38 +439,29 @@ impl TestNode {
         let author: fleetmesh_model::NodeId = author
             .parse()
             .with_context(|| format!("{author} is not a node id"))?;
-        let conn = rusqlite::Connection::open_with_flags(
-            self.data_dir.join("fleetmesh.db"),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )?;
-        let count: i64 = conn.query_row(
-            "SELECT COUNT(*) FROM signed_changes WHERE author = ?1",
-            [author.0.to_vec()],
-            |row| row.get(0),
-        )?;
-        Ok(u64::try_from(count).unwrap_or(0))
+        self.count_signed_changes("WHERE author = ?1", [author.0.to_vec()])
     }
 
     /// Counts every signed change in this node's store.
     pub fn stored_changes(&self) -> Result<u64> {
-        let conn = rusqlite::Connection::open_with_flags(
-            self.data_dir.join("fleetmesh.db"),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )?;
-        let count: i64 =
-            conn.query_row("SELECT COUNT(*) FROM signed_changes", [], |row| row.get(0))?;
-        Ok(u64::try_from(count).unwrap_or(0))
+        self.count_signed_changes("", [])
     }
 
     /// Counts the signed changes in this node's store whose bytes were compacted away.
     pub fn compacted_changes(&self) -> Result<u64> {
+        self.count_signed_changes("WHERE length(bytes) = 0", [])
+    }
+
+    /// Counts the rows of `signed_changes` that `filter` (an SQL `WHERE` clause or nothing)
+    /// selects, on a read-only connection to the node's store.
+    fn count_signed_changes<P: rusqlite::Params>(&self, filter: &str, params: P) -> Result<u64> {
         let conn = rusqlite::Connection::open_with_flags(
             self.data_dir.join("fleetmesh.db"),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
         )?;
         let count: i64 = conn.query_row(
-            "SELECT COUNT(*) FROM signed_changes WHERE length(bytes) = 0",
-            [],
+            &format!("SELECT COUNT(*) FROM signed_changes {filter}"),
+            params,
             |row| row.get(0),
         )?;
         Ok(u64::try_from(count).unwrap_or(0))

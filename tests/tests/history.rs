@@ -41,6 +41,14 @@ fn history_facts(history: &Value) -> Vec<Value> {
         .collect()
 }
 
+/// Returns the facts of one kind in `diff --json` output.
+fn differences(diff: &Value, kind: &str) -> Vec<Value> {
+    diff["differences"][kind]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// Finds the fact for the version of [`PACKAGE`] among `facts`.
 fn package_version_fact(facts: &[Value]) -> Option<&Value> {
     facts.iter().find(|fact| {
@@ -215,17 +223,11 @@ fn upgrade_and_file_edit_reach_history_and_diff() -> Result<()> {
         output
     );
     let diff = stdout_json(&output)?;
-    let packages = diff["differences"]["packages"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let packages = differences(&diff, "packages");
     let upgrade = package_version_fact(&packages).context("diff lists no version change")?;
     assert_eq!(upgrade["old"], version_before.as_str());
     assert_eq!(upgrade["new"], VERSION_AFTER);
-    let files = diff["differences"]["tracked_files"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let files = differences(&diff, "tracked_files");
     let edit = sshd_content_fact(&files).context("diff lists no sshd_config edit")?;
     assert_eq!(
         changed_lines(edit),
@@ -255,10 +257,7 @@ fn upgrade_and_file_edit_reach_history_and_diff() -> Result<()> {
     assert_eq!(output.status.code(), Some(1), "{:?}", output);
     let diff = stdout_json(&output)?;
     assert!(diff["differences"]["identity"].is_null(), "{diff}");
-    let packages = diff["differences"]["packages"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let packages = differences(&diff, "packages");
     let upgrade = package_version_fact(&packages).context("node diff lists no version")?;
     assert_eq!(upgrade["old"], version_before.as_str());
     assert_eq!(upgrade["new"], VERSION_AFTER);
